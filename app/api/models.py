@@ -1,0 +1,51 @@
+"""Model versions of a site: list, activate (promotion or rollback)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import OperatorKey, RuntimeDep, SessionDep
+from app.models import ModelVersion
+from app.schemas.api import ModelVersionOut
+from app.services import registry
+from app.services import sites as sites_svc
+
+router = APIRouter(tags=["models"])
+
+_METRIC_KEYS = ("mean_m", "median_m", "p95_m", "floor_hit")
+
+
+def version_out(mv: ModelVersion) -> ModelVersionOut:
+    metrics = {k: None for k in _METRIC_KEYS} | dict(mv.metrics or {})
+    training = {k: v for k, v in (mv.training or {}).items() if k != "holdout_fingerprint_ids"}
+    return ModelVersionOut(
+        version=mv.version,
+        model=mv.model,
+        status=mv.status,  # type: ignore[arg-type]
+        status_reason=mv.status_reason,
+        source=mv.source,
+        parent_version=mv.parent_version,
+        created_at=mv.created_at,
+        metrics=metrics,
+        training=training,
+    )
+
+
+@router.get("/sites/{site_id}/models", response_model=list[ModelVersionOut])
+def list_models(site_id: str, s: SessionDep, principal: OperatorKey) -> list[ModelVersionOut]:
+    principal.require_site(site_id)
+    sites_svc.get_site(s, site_id)
+    return [version_out(mv) for mv in registry.list_versions(s, site_id)]
+
+
+@router.post("/sites/{site_id}/models/{version}/activate", response_model=ModelVersionOut)
+def activate(site_id: str, version: int, rt: RuntimeDep, principal: OperatorKey) -> ModelVersionOut:
+    """Make this version the one /locate uses (promotion or rollback). Every API process picks it up
+    within a few seconds."""
+    principal.require_site(site_id)
+    with rt.db.session() as s:
+        sites_svc.get_site(s, site_id)
+        mv = registry.activate(s, site_id=site_id, version=version, reason="activated through the API")
+        out = version_out(mv)
+    rt.notifier.publish(site_id)
+    return out

@@ -1,0 +1,29 @@
+"""SQLAlchemy 2.0 tables (the schema itself is owned by Alembic: migrations/)."""
+
+from app.models.tables import (
+    ApiKey,
+    Base,
+    Job,
+    ModelVersion,
+    Query,
+    Site,
+    SiteAP,
+    SourceArtifact,
+    Survey,
+    SurveyFingerprint,
+    Window,
+)
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Job",
+    "ModelVersion",
+    "Query",
+    "Site",
+    "SiteAP",
+    "SourceArtifact",
+    "Survey",
+    "SurveyFingerprint",
+    "Window",
+]

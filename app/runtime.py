@@ -1,0 +1,65 @@
+"""Everything an API process holds for its lifetime, built once from Settings."""
+
+from __future__ import annotations
+
+import logging
+
+from app.config import Settings
+from app.db import Database
+from app.services.dispatch import CeleryDispatcher, Dispatcher, EmbeddedScheduler, EmbeddedWorker
+from app.services.jobs import JobContext
+from app.services.keys import KeyAuthenticator
+from app.services.locate import Locator
+from app.services.notify import make_notifier
+from app.services.querylog import QueryWriter
+from app.services.registry import ModelCache
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url)
+        self.device = settings.torch_device()
+        self.notifier = make_notifier(settings.redis_url)
+        self.models = ModelCache(
+            self.db, device=self.device, refresh_s=settings.model_refresh_seconds, notifier=self.notifier
+        )
+        self.writer = QueryWriter(
+            self.db, max_rows=settings.query_commit_max_rows, max_wait_ms=settings.query_commit_max_wait_ms
+        )
+        bootstrap = settings.bootstrap_admin_key.get_secret_value() if settings.bootstrap_admin_key else None
+        self.auth = KeyAuthenticator(self.db, bootstrap_key=bootstrap, ttl_s=settings.key_cache_seconds)
+        self.job_context = JobContext(db=self.db, settings=settings, device=self.device, notifier=self.notifier)
+        self.dispatcher: Dispatcher = (
+            EmbeddedWorker(self.job_context) if settings.embedded else CeleryDispatcher(settings)
+        )
+        self.locator = Locator(settings=settings, models=self.models, writer=self.writer)
+        # Full mode schedules with Celery beat; embedded mode with a thread running the same check.
+        self.scheduler = (
+            EmbeddedScheduler(self.job_context, self.dispatcher, settings.cotrain_check_seconds)
+            if settings.embedded
+            else None
+        )
+
+    def start(self) -> None:
+        self.writer.start()
+        self.models.start()
+        self.dispatcher.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
+        log.info(
+            "siteloc runtime started (%s mode, device %s)",
+            "embedded" if self.settings.embedded else "full",
+            self.device,
+        )
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        self.dispatcher.stop()
+        self.models.stop()
+        self.writer.stop()
+        self.notifier.close()
+        self.db.dispose()

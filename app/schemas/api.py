@@ -1,0 +1,165 @@
+"""Bodies of the public API (see docs/api.md and the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.schemas.common import FingerprintIn, Label, SensorWindowIn, WifiEntry
+
+ModelName = Literal["wknn", "dnn", "cnnloc", "itoloc", "mtloc"]
+Strategy = Literal["scratch", "frozen", "finetune", "msta", "encoder"]
+
+
+class SiteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    floors: list[Label] | None = Field(
+        default=None,
+        max_length=500,
+        description="Optional: the floor labels this site has; survey fingerprints on other floors are then refused",
+    )
+
+
+class Counts(BaseModel):
+    fingerprints: int
+    windows: int
+    queries: int
+
+
+class ActiveModel(BaseModel):
+    name: str
+    version: int
+
+
+class SiteOut(BaseModel):
+    id: str
+    name: str
+    floors: list[str] | None
+    created_at: datetime
+    counts: Counts | None = None
+    active_model: ActiveModel | None = None
+
+
+class SurveyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fingerprints: list[FingerprintIn] = Field(min_length=1)
+
+
+class SurveyOut(BaseModel):
+    survey_id: str
+    fingerprints: int
+    windows: int
+    paths: int
+
+
+class FinetuneIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: ModelName = "wknn"
+    transfer_from: list[str] | None = Field(default=None, max_length=50)
+    strategy: Strategy | None = None
+    train_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="Use this fraction of the training paths (a seeded subset); default all"
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    params: dict[str, Any] = Field(default_factory=dict, description="Model-specific settings overriding defaults")
+
+
+class CotrainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    guard: bool = Field(
+        default=True,
+        description="Promote the update only if it is not worse on the survey "
+        "holdout than the active version (beyond SITELOC_COTRAIN_TOLERANCE). false = promote anyway",
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    params: dict[str, Any] = Field(default_factory=dict, description="Co-training settings overriding defaults")
+
+
+class JobRef(BaseModel):
+    job_id: str
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    site_id: str | None
+    state: Literal["queued", "running", "succeeded", "failed"]
+    progress: float
+    message: str
+    model_version: int | None = None
+    metrics: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class ModelVersionOut(BaseModel):
+    version: int
+    model: str
+    status: Literal["active", "candidate", "retired", "rejected"]
+    status_reason: str | None = None
+    source: str
+    parent_version: int | None = None
+    created_at: datetime
+    metrics: dict[str, Any]
+    training: dict[str, Any]
+
+
+class LocateIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    site_id: str | None = Field(default=None, max_length=32, description="Omit to detect the site from the scan")
+    wifi: list[WifiEntry] = Field(default_factory=list)
+    sensors: SensorWindowIn | None = None
+    device: str | None = Field(default=None, max_length=200)
+    timestamp: int | None = Field(default=None, ge=0, description="unix milliseconds, when the scan was taken")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class LocateOut(BaseModel):
+    site_id: str
+    x: float
+    y: float
+    floor: str
+    building: str | None = None
+    error_m: float = Field(description="The model's own estimate of this answer's error, metres")
+    model: ModelRef
+    query_id: str
+
+
+class LocateBatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[LocateIn] = Field(min_length=1)
+
+
+class LocateBatchOut(BaseModel):
+    results: list[LocateOut]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["app", "operator", "admin"]
+    sites: list[str] | None = Field(
+        default=None, max_length=1000, description="Sites this key may act on; omit for all sites"
+    )
+    name: str = Field(default="", max_length=200)
+
+
+class KeyOut(BaseModel):
+    id: str
+    key: str | None = None
+    role: str
+    sites: list[str] | None
+    name: str
+    created_at: datetime | None = None
+
+
+__all__ = ["FingerprintIn", "SensorWindowIn", "WifiEntry"]

@@ -1,0 +1,88 @@
+"""Request/response bodies shared by several resources."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from ml.data.bssid import RSSI_MAX, RSSI_MIN, normalize_bssid
+
+Label = Annotated[
+    str,
+    BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
+    Field(min_length=1, max_length=64),
+]
+
+
+class WifiEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    bssid: str = Field(
+        description="AP identifier: a MAC address (normalised to lower-case colon form) or another "
+        "1-64 character printable identifier, kept verbatim"
+    )
+    rssi: float = Field(ge=RSSI_MIN, le=RSSI_MAX, description="Received signal strength, dBm")
+    ssid: str | None = Field(default=None, max_length=256)
+    freq: int | None = Field(default=None, ge=0, le=100_000, description="MHz")
+    age_ms: int | None = Field(
+        default=None,
+        ge=0,
+        description="Optional: how long before the scan this entry was "
+        "last seen (Android ScanResult timestamp). Stale cached entries are ignored by models "
+        "that learned a cut-off.",
+    )
+
+    @field_validator("bssid")
+    @classmethod
+    def _normalise(cls, v: str) -> str:
+        return normalize_bssid(v)
+
+
+Xyz = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=3, max_length=3)]
+
+# Physically possible bounds for phone sensors (Android axes and units). Beyond them a value is a unit
+# mistake (milli-g, degrees/s, nT, ...) rather than a reading, and is refused with a 422.
+SENSOR_LIMITS = {"accel": (200.0, "m/s^2"), "gyro": (50.0, "rad/s"), "mag": (2000.0, "uT")}
+
+
+class SensorWindowIn(BaseModel):
+    """About one second of motion sensors: (x, y, z) samples at `rate_hz`; any modality may be missing."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    rate_hz: float = Field(gt=0, le=1000, description="Sampling rate of the arrays, Hz")
+    accel: list[Xyz] | None = Field(default=None, max_length=2000, description="Accelerometer, m/s^2")
+    gyro: list[Xyz] | None = Field(default=None, max_length=2000, description="Gyroscope, rad/s")
+    mag: list[Xyz] | None = Field(default=None, max_length=2000, description="Magnetometer, uT")
+
+    @model_validator(mode="after")
+    def _plausible(self) -> SensorWindowIn:
+        for name, (limit, unit) in SENSOR_LIMITS.items():
+            samples = getattr(self, name)
+            if samples is None:
+                continue
+            if len(samples) < 2:
+                raise ValueError(f"{name}: a window needs at least 2 samples")
+            worst = max(abs(v) for xyz in samples for v in xyz)
+            if worst > limit:
+                raise ValueError(f"{name}: |value| {worst:g} exceeds {limit:g} {unit}; send Android units")
+        return self
+
+
+class FingerprintIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    wifi: list[WifiEntry] = Field(max_length=4096)
+    x: float = Field(allow_inf_nan=False)
+    y: float = Field(allow_inf_nan=False)
+    floor: Label
+    building: Label | None = None
+    device: str | None = Field(default=None, max_length=200)
+    timestamp: int | None = Field(default=None, ge=0, description="unix milliseconds")
+    path: str | None = Field(default=None, max_length=200, description="walk/trace id: splits keep a path together")
+    sensors: SensorWindowIn | None = None
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_none=True)

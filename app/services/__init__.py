@@ -1,0 +1,1 @@
+"""Use cases shared by the API, the worker and the CLI. Services own the commit."""

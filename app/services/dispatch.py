@@ -1,0 +1,122 @@
+"""Hand a committed job to whoever runs jobs: Celery workers (full mode) or the in-process worker."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Protocol
+
+from sqlalchemy import select
+
+from app.config import Settings
+from app.models import Job
+from app.services.jobs import JobContext, execute_job
+
+log = logging.getLogger(__name__)
+RUN_JOB_TASK = "siteloc.run_job"
+SCHEDULE_TASK = "siteloc.schedule_cotrain"
+
+
+class Dispatcher(Protocol):
+    def enqueue(self, job_id: str) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class CeleryDispatcher:
+    """Full mode: the job id goes to the Redis broker; `siteloc worker` processes run it."""
+
+    def __init__(self, settings: Settings) -> None:
+        from worker.celery_app import make_celery
+
+        self._celery = make_celery(settings)
+
+    def enqueue(self, job_id: str) -> None:
+        self._celery.send_task(RUN_JOB_TASK, args=[job_id])
+
+    def start(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+
+class EmbeddedWorker:
+    """Embedded mode: one background thread runs jobs with the same code as the Celery task.
+
+    Requests never wait for training. Jobs left queued or running by a previous
+    process (killed mid-job) are picked up again at start.
+    """
+
+    _STOP = "__stop__"
+
+    def __init__(self, ctx: JobContext) -> None:
+        self._ctx = ctx
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="siteloc-embedded-worker", daemon=True)
+        self._started = False
+
+    def enqueue(self, job_id: str) -> None:
+        self._queue.put(job_id)
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        with self._ctx.db.session() as s:
+            pending = list(
+                s.scalars(select(Job.id).where(Job.state.in_(("queued", "running"))).order_by(Job.created_at))
+            )
+        for job_id in pending:
+            self._queue.put(job_id)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._started:
+            self._queue.put(self._STOP)
+            self._thread.join(timeout=30)
+
+    def idle(self) -> bool:
+        return self._queue.unfinished_tasks == 0
+
+    def _run(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            try:
+                if job_id == self._STOP:
+                    return
+                execute_job(self._ctx, job_id)
+            except Exception:  # execute_job records failures itself; this is a last resort
+                log.exception("embedded worker: job %s", job_id)
+            finally:
+                self._queue.task_done()
+
+
+class EmbeddedScheduler:
+    """Embedded mode's stand-in for Celery beat: every `every_s`, start the co-training updates that are due."""
+
+    def __init__(self, ctx: JobContext, dispatcher: Dispatcher, every_s: float) -> None:
+        self._ctx = ctx
+        self._dispatcher = dispatcher
+        self._every = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="siteloc-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from app.services.cotrain import schedule_due_updates
+
+        while not self._stop.wait(self._every):
+            try:
+                for job_id in schedule_due_updates(self._ctx.db, self._ctx.settings):
+                    self._dispatcher.enqueue(job_id)
+            except Exception:
+                log.exception("scheduling co-training updates failed; retrying next round")

@@ -1,0 +1,119 @@
+"""Cross-site transfer in the finetune job: source artifacts (built once per source set, stored, reused) and
+the transfer fit itself (ml.transfer), which trains the scratch baseline beside it and keeps the better."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+
+from app.db import Database
+from app.models import ModelVersion, SourceArtifact, Survey
+from app.services.jobs import ProgressReporter
+from ml.data.features import FingerprintSet
+from ml.models.base import LocModel
+
+log = logging.getLogger(__name__)
+TRANSFER_STRATEGIES = ("encoder", "msta")
+
+
+def _artifact_keys(strategy: str, sources: list[str]) -> list[list[str]]:
+    """`encoder` pretrains one base on all sources together; `msta` has one teacher per source site."""
+    ordered = sorted(set(sources))
+    return [ordered] if strategy == "encoder" else [[s] for s in ordered]
+
+
+def source_artifacts(
+    db: Database,
+    *,
+    model: str,
+    strategy: str,
+    sources: list[str],
+    params: dict[str, Any],
+    seed: int,
+    device: str,
+    job_id: str,
+    progress: ProgressReporter,
+    load_set: Any,
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The artifacts for `sources` (reused when none of their surveys changed since, else built and stored),
+    and a note per artifact saying which happened. `load_set(site_id)` gives a site's training set."""
+    from ml.transfer import SourceArtifact as Artifact
+    from ml.transfer import make_source_artifact
+
+    keys = _artifact_keys(strategy, sources)
+    out, notes = [], []
+    for i, sites in enumerate(keys):
+        key = ",".join(sites)
+        span = progress.span(i / len(keys), (i + 1) / len(keys))
+        with db.session() as s:
+            newest_survey = s.scalar(select(func.max(Survey.created_at)).where(Survey.site_id.in_(sites)))
+            row = s.scalar(
+                select(SourceArtifact)
+                .where(
+                    SourceArtifact.model == model, SourceArtifact.strategy == strategy, SourceArtifact.sites_key == key
+                )
+                .order_by(SourceArtifact.id.desc())
+                .limit(1)
+            )
+            fresh = row is not None and (newest_survey is None or _aware(row.created_at) >= _aware(newest_survey))
+            cached = (row.blob, row.config, row.id) if fresh and row is not None else None
+        if cached is not None:
+            out.append(Artifact.loads(cached[0], cached[1]))
+            notes.append({"sites": sites, "artifact_id": cached[2], "built": False})
+            continue
+        span(0.0, f"building the {strategy} source artifact of {key}")
+        site_sets = {sid: load_set(sid) for sid in sites}
+        source_models = _source_models(db, sites, model, device) if strategy == "msta" else None
+        art = make_source_artifact(
+            model, strategy, site_sets, params, source_models=source_models, seed=seed, progress=span, device=device
+        )
+        blob, config = art.dumps()
+        with db.session() as s:
+            rec = SourceArtifact(model=model, strategy=strategy, sites_key=key, config=config, blob=blob, job_id=job_id)
+            s.add(rec)
+            s.flush()
+            notes.append({"sites": sites, "artifact_id": rec.id, "built": True})
+        out.append(art)
+    return out, notes
+
+
+def _source_models(db: Database, sites: list[str], model: str, device: str) -> dict[str, LocModel]:
+    """Each source site's active network of the same kind, when it has one (MSTA's Expert Training uses it)."""
+    from ml.serialize import loads
+
+    found: dict[str, LocModel] = {}
+    with db.session() as s:
+        for sid in sites:
+            mv = s.scalar(
+                select(ModelVersion).where(
+                    ModelVersion.site_id == sid, ModelVersion.status == "active", ModelVersion.model == model
+                )
+            )
+            if mv is not None:
+                found[sid] = loads(mv.weights, mv.config, device=device)
+    return found
+
+
+def fit_with_transfer(
+    *,
+    model: str,
+    strategy: str,
+    train: FingerprintSet,
+    artifacts: list[Any],
+    params: dict[str, Any],
+    seed: int,
+    device: str,
+    progress: ProgressReporter,
+) -> tuple[LocModel, dict[str, Any]]:
+    from ml.transfer import fit_transfer
+
+    return fit_transfer(model, strategy, train, artifacts, params, seed=seed, progress=progress, device=device)
+
+
+def _aware(dt: Any) -> Any:
+    """SQLite returns naive datetimes (stored as UTC); compare like with like."""
+    from datetime import UTC
+
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)

@@ -1,0 +1,46 @@
+"""The Celery application, built from Settings (full mode: Redis broker)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from app.config import Settings, get_settings
+from app.services.dispatch import SCHEDULE_TASK
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("siteloc", broker=settings.redis_url or "memory://", include=["worker.tasks"])
+    app.conf.update(
+        task_default_queue="siteloc",
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # Jobs are idempotent (see app.services.jobs.execute_job), so late acks are safe: a job whose
+        # worker dies is redelivered instead of lost.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.job_soft_time_limit_s,
+        task_time_limit=settings.job_hard_time_limit_s,
+        # Above the hard limit: Redis must not redeliver a job that is still running.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        # Start the co-training updates that are due (enough new queries), every cotrain_check_seconds.
+        beat_schedule={
+            "schedule-cotrain": {"task": SCHEDULE_TASK, "schedule": settings.cotrain_check_seconds},
+        },
+    )
+    return app
+
+
+celery_app = make_celery(get_settings())
+
+
+@worker_process_init.connect
+def _fresh_engine_after_fork(**_: object) -> None:
+    # Database connections must not be shared across fork: rebuild the worker context in each child.
+    from worker import tasks
+
+    tasks.reset_context()
