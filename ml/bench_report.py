@@ -1,0 +1,313 @@
+"""Regenerate the tables of docs/benchmarks/README.md from the JSON files the benchmarks wrote.
+
+    python -m ml.bench_report [docs/benchmarks/README.md] [--bench-out bench-out] [--check]
+
+Every table in the document sits between a marker line and `<!-- /bench-table -->`:
+
+    <!-- bench-table: KIND PATTERN [PATTERN ...] -->
+    | ... generated ... |
+    <!-- /bench-table -->
+
+KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`; each PATTERN is a glob under --bench-out (in
+the order given; matches of one pattern sorted by name). The numbers are copied from the JSON files, never typed:
+re-run the command in a row, then this script, and the table follows. `--check` exits 1 when the document is not
+what the JSON files say (missing files are reported, not invented).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MARKER = re.compile(r"^<!-- bench-table: (\w+) (.+?) -->$")
+END = "<!-- /bench-table -->"
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    return "–" if v is None or (isinstance(v, float) and v != v) else f"{v:,.{digits}f}"
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _n(v: Any) -> str:
+    return "–" if v is None else f"{int(v):,}"
+
+
+def label(name: str) -> str:
+    """bench-out file stem -> a readable run label."""
+    m = re.match(r"ilc_(site\d)_(\w+?)(?:_train([\d.]+))?_(\w+?)(?:_(.+))?$", name)
+    if m:
+        site, floor, frac, _model, _tag = m.groups()
+        floor_txt = "all floors (floor classification)" if floor == "allfloors" else floor
+        return f"{site} {floor_txt}" + (f", {float(frac):.0%} of training paths" if frac else "")
+    return name
+
+
+def settings(d: dict[str, Any]) -> str:
+    """The model's chosen settings, briefly."""
+    p = (d.get("model_config") or {}).get("params") or {}
+    if d.get("model") == "wknn" and p:
+        age = p.get("max_age_ms")
+        age_txt = "none" if age is None else f"{age / 1000:g} s"
+        return (
+            f"{p['representation']}/{p['distance']}, k={p['k']}, k_b={p['k_building']}, k_f={p['k_floor']}, "
+            f"{p['weighting']}, max_age={age_txt}"
+        )
+    summary = (d.get("model_config") or {}).get("summary") or d.get("params") or {}
+    return ", ".join(f"{k}={v}" for k, v in summary.items()) if isinstance(summary, dict) else str(summary)
+
+
+def _cmd(d: dict[str, Any]) -> str:
+    return f"`{d.get('command', '?')}`"
+
+
+def accuracy(rows: list[dict[str, Any]]) -> list[str]:
+    head = [
+        "run",
+        "model",
+        "n train / test",
+        "mean (m)",
+        "median",
+        "P75",
+        "P95",
+        "floor hit",
+        "building hit",
+        "error_m Spearman",
+        "train (s)",
+        "chosen settings",
+        "command",
+    ]
+    out = [
+        _row(head),
+        _row(["---", "---", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "---", "---"]),
+    ]
+    for d in rows:
+        m = d.get("metrics") or {}
+        out.append(
+            _row(
+                [
+                    label(d["name"]),
+                    d.get("model", "?"),
+                    f"{_n(d.get('n_train'))} / {_n(d.get('n_test'))}",
+                    _f(m.get("mean_m")),
+                    _f(m.get("median_m")),
+                    _f(m.get("p75_m")),
+                    _f(m.get("p95_m")),
+                    _pct(m.get("floor_hit")),
+                    _pct(m.get("building_hit")),
+                    _f(m.get("error_estimate_spearman")),
+                    _f(d.get("train_time_s"), 1),
+                    settings(d),
+                    _cmd(d),
+                ]
+            )
+        )
+    return out
+
+
+def latency(rows: list[dict[str, Any]]) -> list[str]:
+    head = [
+        "run",
+        "fingerprints matched",
+        "single-query p50 (ms)",
+        "p95 (ms)",
+        "batch size",
+        "batch throughput (queries/s)",
+        "load avg (1 min) at end",
+        "command",
+    ]
+    out = [_row(head), _row(["---", "--:", "--:", "--:", "--:", "--:", "--:", "---"])]
+    for d in rows:
+        lat = d.get("latency") or {}
+        out.append(
+            _row(
+                [
+                    d["name"],
+                    _n(lat.get("n_train_fingerprints")),
+                    _f(lat.get("single_query_p50_ms")),
+                    _f(lat.get("single_query_p95_ms")),
+                    _n(lat.get("batch_size")),
+                    _n(lat.get("batch_queries_per_s")),
+                    _f((d.get("machine") or {}).get("load_average_1m")),
+                    _cmd(d),
+                ]
+            )
+        )
+    return out
+
+
+def detect(rows: list[dict[str, Any]]) -> list[str]:
+    head = [
+        "test scans",
+        "accuracy",
+        "no match",
+        "per site",
+        "distance tie-breaks",
+        "mean time per scan (ms)",
+        "command",
+    ]
+    out = [_row(head), _row(["--:", "--:", "--:", "---", "--:", "--:", "---"])]
+    for d in rows:
+        per = d.get("per_site_accuracy") or {}
+        per_txt = ", ".join(f"{k} {_pct(v.get('accuracy') if isinstance(v, dict) else v)}" for k, v in per.items())
+        out.append(
+            _row(
+                [
+                    _n(d.get("n_test")),
+                    _pct(d.get("accuracy")),
+                    _pct(d.get("no_match_rate")),
+                    per_txt,
+                    _n(d.get("tie_breaks")),
+                    _f(d.get("mean_detect_ms"), 3),
+                    _cmd(d),
+                ]
+            )
+        )
+    return out
+
+
+def imports(rows: list[dict[str, Any]]) -> list[str]:
+    head = [
+        "archive",
+        "MB (.tar.xz)",
+        "scan fingerprints",
+        "sensor windows",
+        "paths",
+        "window stride (ms)",
+        "wall (s)",
+        "fingerprints/s",
+        "windows/s",
+        "MB/s",
+        "server peak RSS (MiB)",
+        "command",
+    ]
+    out = [_row(head), _row(["---", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "---"])]
+    for d in rows:
+        for u in d.get("uploads", []):
+            out.append(
+                _row(
+                    [
+                        u["archive"],
+                        _f(u["archive_mb"]),
+                        _n(u["fingerprints"]),
+                        _n(u["windows"]),
+                        _n(u["paths"]),
+                        _n(u["window_stride_ms"]),
+                        _f(u["wall_s"], 1),
+                        _n(u["fingerprints_per_s"]),
+                        _n(u["windows_per_s"]),
+                        _f(u["archive_mb_per_s"]),
+                        _f(u["server_peak_rss_mib"], 0),
+                        _cmd(d),
+                    ]
+                )
+            )
+    return out
+
+
+def load(rows: list[dict[str, Any]]) -> list[str]:
+    head = [
+        "mode",
+        "API processes",
+        "connections",
+        "requests/s",
+        "p50 (ms)",
+        "p90",
+        "p99",
+        "non-2xx",
+        "answered 200 / stored",
+        "sequential p50 / p95 (ms)",
+        "load avg",
+        "command",
+    ]
+    out = [_row(head), _row(["---", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "---", "---", "--:", "---"])]
+    for d in rows:
+        lat, seq = d.get("latency_ms") or {}, d.get("sequential_latency_ms") or {}
+        out.append(
+            _row(
+                [
+                    d.get("mode", "?"),
+                    _n(d.get("workers")),
+                    _n(d.get("connections")),
+                    _n(d.get("requests_per_s")),
+                    _f(lat.get("p50"), 1),
+                    _f(lat.get("p90"), 1),
+                    _f(lat.get("p99"), 1),
+                    _n(d.get("non_2xx")),
+                    f"{_n(d.get('ok_responses'))} / {_n(d.get('queries_stored_during_load'))}",
+                    f"{_f(seq.get('p50'), 1)} / {_f(seq.get('p95'), 1)}",
+                    _f(d.get("load_average_1m")),
+                    _cmd(d),
+                ]
+            )
+        )
+    return out
+
+
+KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
+    "accuracy": accuracy,
+    "latency": latency,
+    "detect": detect,
+    "import": imports,
+    "load": load,
+}
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def render(doc: str, bench_out: Path) -> tuple[str, list[str]]:
+    lines, out, missing = doc.splitlines(), [], []
+    i = 0
+    while i < len(lines):
+        m = MARKER.match(lines[i].strip())
+        out.append(lines[i])
+        i += 1
+        if not m:
+            continue
+        kind, patterns = m.group(1), m.group(2).split()
+        if kind not in KINDS:
+            raise SystemExit(f"unknown table kind {kind!r} in {lines[i - 1]!r}")
+        files: list[Path] = []
+        for pat in patterns:
+            found = sorted(bench_out.glob(pat))
+            if not found:
+                missing.append(pat)
+            files += [f for f in found if f not in files]
+        rows = [json.loads(f.read_text()) | {"name": json.loads(f.read_text()).get("name", f.stem)} for f in files]
+        end = next((j for j in range(i, len(lines)) if lines[j].strip() == END), None)
+        if end is None:
+            raise SystemExit(f"no {END} after {lines[i - 1]!r}")
+        out += KINDS[kind](rows) if rows else ["_(no results: run the command above)_"]
+        out.append(lines[end])
+        i = end + 1
+    return "\n".join(out) + "\n", missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("doc", nargs="?", type=Path, default=Path("docs/benchmarks/README.md"))
+    ap.add_argument("--bench-out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 if the document is stale")
+    args = ap.parse_args(argv)
+    doc = args.doc.read_text()
+    new, missing = render(doc, args.bench_out)
+    for pat in missing:
+        print(f"no results for {pat} under {args.bench_out}", file=sys.stderr)
+    if args.check:
+        return 0 if new == doc else 1
+    args.doc.write_text(new)
+    print(f"updated {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""The interface every localization model implements.
+
+A model is trained from a `FingerprintSet` by its `fit` classmethod, answers
+`predict` on a `QueryBatch` expressed over its own AP vocabulary (`aps`), and
+round-trips through `arrays()`/`config()` -> `from_state()` so the service can
+store it as safetensors bytes plus a JSON config (see `ml.serialize`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ml.data.features import FingerprintSet
+from ml.types import SensorData
+
+# progress(fraction 0..1, message)
+ProgressFn = Callable[[float, str], None]
+
+
+def no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+@dataclass
+class QueryBatch:
+    """Queries over a model's AP vocabulary: NaN RSSI = not heard."""
+
+    rss: np.ndarray  # (n, m) float32
+    age_ms: np.ndarray | None = None  # (n, m) float32, NaN = unknown
+    sensors: list[SensorData | None] | None = None
+    device: list[str | None] | None = None
+
+    def __len__(self) -> int:
+        return int(self.rss.shape[0])
+
+    @classmethod
+    def from_set(cls, fs: FingerprintSet) -> QueryBatch:
+        return cls(rss=fs.rss, age_ms=fs.age_ms, device=list(fs.device))
+
+
+@dataclass
+class Prediction:
+    xy: np.ndarray  # (n, 2) float64 metres
+    floor: np.ndarray  # (n,) object: floor labels
+    building: np.ndarray  # (n,) object: building labels or None
+    error_m: np.ndarray  # (n,) float64: the model's own estimate of its error
+
+
+class LocModel(ABC):
+    name: ClassVar[str]
+    # After the holdout has scored the model, retrain on train + holdout for serving? Models that
+    # are later updated by co-training keep the holdout unseen so updates can be judged on it.
+    refit_with_holdout: ClassVar[bool] = True
+    aps: list[str]
+
+    @classmethod
+    @abstractmethod
+    def fit(
+        cls,
+        train: FingerprintSet,
+        params: dict[str, Any],
+        *,
+        seed: int = 0,
+        progress: ProgressFn = no_progress,
+        device: str = "cpu",
+    ) -> LocModel:
+        """Train on `train`; `params` overrides the model's config defaults."""
+
+    @abstractmethod
+    def predict(self, batch: QueryBatch) -> Prediction: ...
+
+    @abstractmethod
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every learned tensor, as numpy arrays (stored as safetensors)."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable settings needed to rebuild the model (aps included)."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict[str, Any], device: str = "cpu") -> LocModel: ...
+
+    def max_age_ms(self) -> float | None:
+        """Entries older than this are ignored at query time (None = keep all)."""
+        return None
+
+    # Models that can update themselves from unlabeled queries (co-training) set this and implement `cotrain`.
+    supports_cotrain: ClassVar[bool] = False
+
+    def cotrain(
+        self,
+        labeled: FingerprintSet,
+        unlabeled: FingerprintSet,
+        params: dict[str, Any],
+        *,
+        seed: int = 0,
+        progress: ProgressFn = no_progress,
+        device: str = "cpu",
+    ) -> tuple[LocModel, dict[str, Any]]:
+        """A new model updated from `unlabeled` (labels unknown) and the survey's `labeled` rows, plus a
+        JSON summary of the update. `self` is left unchanged."""
+        raise NotImplementedError(f"{self.name} does not support co-training")
