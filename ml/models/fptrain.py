@@ -1,0 +1,311 @@
+"""The one training loop of the fingerprint networks, its callbacks, losses and inference helpers.
+
+`run_epochs` knows nothing about strategies: it draws batches, asks a `step_loss` function for a
+loss, steps an optimiser and tells its callbacks after every epoch. Scratch training, encoder
+transfer (stages with frozen parts), MSTA distillation (extra loss terms), multi-site pretraining
+and SAE pretraining are all this loop with different batches, losses and parameter groups.
+
+All randomness (shuffles, GAN noise) comes from one CPU `torch.Generator`, so a seed gives the
+same batches on CPU and CUDA; weights are initialised on CPU (see `build_net`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ml.models.base import ProgressFn
+from ml.models.fpnets import NetOut, SiteLabels, SpecialisedNet
+
+StepLoss = Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class TrainData:
+    """A site's rows as tensors on the training device."""
+
+    x: torch.Tensor  # (n, n_in) float32 powed features
+    xy: torch.Tensor  # (n, 2) float32 normalised position
+    floor: torch.Tensor  # (n,) int64 floor class
+    building: torch.Tensor  # (n,) int64 building class
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def rows(self, idx: torch.Tensor) -> TrainData:
+        return TrainData(self.x[idx], self.xy[idx], self.floor[idx], self.building[idx])
+
+    @classmethod
+    def from_arrays(
+        cls, x: np.ndarray, xy: np.ndarray, floor: np.ndarray, building: np.ndarray, device: torch.device
+    ) -> TrainData:
+        def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype).to(device)
+
+        return cls(t(x, torch.float32), t(xy, torch.float32), t(floor, torch.int64), t(building, torch.int64))
+
+
+def shuffled_batches(data: TrainData, batch_size: int, gen: torch.Generator) -> Callable[[], Iterator[TrainData]]:
+    """One epoch of shuffled mini-batches (a last batch of one row is dropped: no batch statistics
+    need it, but the MI estimator's shuffled pairs do)."""
+
+    def epoch() -> Iterator[TrainData]:
+        perm = torch.randperm(len(data), generator=gen).to(data.x.device)
+        for chunk in perm.split(batch_size):
+            if len(chunk) >= 2:
+                yield data.rows(chunk)
+
+    return epoch
+
+
+# ---------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class TaskWeights:
+    floor: float = 1.0  # cross-entropy weight of the floor head
+    building: float = 1.0  # ... of the building head (sites with several buildings)
+
+
+def distance_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance (paper 004's J_MAE), smoothed at 0 so its gradient is finite."""
+    return torch.sqrt(((pred - true) ** 2).sum(dim=1) + 1e-6).mean()
+
+
+def task_loss(out: NetOut, batch: TrainData, w: TaskWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    mae = distance_loss(out.xy, batch.xy)
+    floor = F.cross_entropy(out.floor, batch.floor) if out.floor.shape[1] > 1 else mae * 0.0
+    loss = mae + w.floor * floor
+    logs = {"mae": mae.detach(), "floor_ce": floor.detach()}
+    if out.building is not None:
+        b = F.cross_entropy(out.building, batch.building)
+        loss = loss + w.building * b
+        logs["building_ce"] = b.detach()
+    return loss, logs
+
+
+def plain_step(net: SpecialisedNet, w: TaskWeights) -> StepLoss:
+    def step(batch: TrainData) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, logs = task_loss(net(batch.x), batch, w)
+        return loss, logs
+
+    return step
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Global torch RNG (dropout masks) seeded for one training run, restored afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+class Callback(Protocol):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
+        """Called after every epoch (1-based, counted across stages); return True to stop."""
+        ...
+
+
+def run_epochs(
+    modules: Sequence[nn.Module],
+    step_loss: StepLoss,
+    batches: Callable[[], Iterable[Any]],
+    opt: torch.optim.Optimizer,
+    epochs: int,
+    callbacks: Sequence[Callback] = (),
+    first_epoch: int = 1,
+) -> int:
+    """Train for up to `epochs` epochs; returns the last epoch run (first_epoch - 1 if none)."""
+    last = first_epoch - 1
+    for epoch in range(first_epoch, first_epoch + epochs):
+        for m in modules:
+            m.train()
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        for batch in batches():
+            loss, logs = step_loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in {"loss": loss.detach(), **logs}.items():
+                sums[k] = sums[k] + v if k in sums else v
+            n += 1
+        last = epoch
+        means = {k: float(v) / max(n, 1) for k, v in sums.items()}
+        stop = [cb.on_epoch_end(epoch, means) for cb in callbacks]  # every callback sees every epoch
+        if any(stop):
+            break
+    return last
+
+
+def adam(groups: Sequence[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.Adam:
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
+
+
+def trainable(*modules: nn.Module | None) -> list[nn.Parameter]:
+    return [p for m in modules if m is not None for p in m.parameters()]
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+@dataclass
+class Score:
+    """Held-out accuracy: mean 2-D error (m), floor hit rate, and the selection score."""
+
+    mean_m: float
+    floor_hit: float
+    score: float  # mean_m + floor_penalty_m * (1 - floor_hit), lower is better
+
+    def to_json(self) -> dict[str, float]:
+        return {"mean_m": self.mean_m, "floor_hit": self.floor_hit, "score": self.score}
+
+
+def score_net(net: SpecialisedNet, data: TrainData, labels: SiteLabels, penalty_m: float) -> Score:
+    xy, floor, _, _ = infer(net, data.x, labels)
+    true_xy = labels.decode_xy(data.xy.cpu().numpy())
+    mean_m = float(np.hypot(*(xy - true_xy).T).mean())
+    hit = float(np.mean(floor == data.floor.cpu().numpy()))
+    return Score(mean_m, hit, mean_m + penalty_m * (1.0 - hit))
+
+
+class HoldoutMonitor:
+    """Scores the network on held-out rows after every epoch, keeps the best state, stops early."""
+
+    def __init__(
+        self, net: SpecialisedNet, hold: TrainData, labels: SiteLabels, penalty_m: float, patience: int
+    ) -> None:
+        self.net, self.hold, self.labels = net, hold, labels
+        self.penalty_m, self.patience = penalty_m, patience
+        self.best: Score | None = None
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.curve: list[float] = []  # held-out score per epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
+        s = score_net(self.net, self.hold, self.labels, self.penalty_m)
+        self.curve.append(s.score)
+        if self.best is None or s.score < self.best.score - 1e-9:
+            self.best, self.best_epoch = s, epoch
+            self.best_state = copy.deepcopy(self.net.state_dict())
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            self.net.load_state_dict(self.best_state)
+
+
+class History:
+    """Per-epoch training-loss means (rounded), for reports."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
+        self.rows.append({"epoch": epoch, **{k: round(v, 5) for k, v in logs.items()}})
+        return False
+
+
+class ProgressCallback:
+    def __init__(self, progress: ProgressFn, total_epochs: int, lo: float, hi: float, what: str) -> None:
+        self.progress, self.total, self.lo, self.hi, self.what = progress, max(total_epochs, 1), lo, hi, what
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
+        frac = self.lo + (self.hi - self.lo) * min(epoch / self.total, 1.0)
+        self.progress(frac, f"{self.what}: epoch {epoch}/{self.total}, loss {logs.get('loss', float('nan')):.4f}")
+        return False
+
+
+# ---------------------------------------------------------------- SAE pretraining (cnnloc)
+
+
+def pretrain_sae(net: SpecialisedNet, data: TrainData, epochs: int, batch_size: int, lr: float, seed: int) -> None:
+    """CNNLoc's stacked autoencoder: train the framer to reconstruct its input through a decoder
+    that is then thrown away."""
+    if epochs <= 0 or len(data) < 2:
+        return
+    s = net.shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 7)
+        decoder = nn.Sequential(nn.Linear(s.latent, s.hidden), nn.ReLU(), nn.Linear(s.hidden, s.n_in), nn.Sigmoid())
+    decoder = decoder.to(data.x.device)
+
+    def step(batch: TrainData) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rec = decoder(net.framer(batch.x))
+        loss = F.mse_loss(rec, batch.x) * s.n_in / max(float(batch.x.gt(0).float().sum(1).mean()), 1.0)
+        return loss, {}
+
+    gen = torch.Generator().manual_seed(seed + 11)
+    opt = adam([{"params": trainable(net.framer, decoder)}], lr, 0.0)
+    run_epochs([net.framer, decoder], step, shuffled_batches(data, batch_size, gen), opt, epochs)
+
+
+# ---------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def infer(
+    net: SpecialisedNet, x: torch.Tensor, labels: SiteLabels, chunk: int = 4096
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(xy metres, floor class, building class, probability of the chosen floor) in eval mode.
+
+    Hierarchical: the building is argmax of the building head, then the floor is the most likely
+    floor class inside that building."""
+    net.eval()
+    fb = torch.as_tensor(labels.floor_building(), device=x.device)
+    xy_parts, floor_parts, b_parts, p_parts = [], [], [], []
+    for lo in range(0, x.shape[0], chunk):
+        out = net(x[lo : lo + chunk])
+        logits = out.floor
+        if out.building is not None:
+            b = out.building.argmax(dim=1)
+            logits = logits.masked_fill(fb[None, :] != b[:, None], -math.inf)
+        prob = torch.softmax(logits, dim=1)
+        p, f = prob.max(dim=1)
+        xy_parts.append(out.xy.cpu())
+        floor_parts.append(f.cpu())
+        b_parts.append(fb[f].cpu())
+        p_parts.append(p.cpu())
+    if not xy_parts:
+        return np.zeros((0, 2)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    xy = labels.decode_xy(torch.cat(xy_parts).numpy())
+    return xy, torch.cat(floor_parts).numpy(), torch.cat(b_parts).numpy(), torch.cat(p_parts).double().numpy()
+
+
+@torch.no_grad()
+def mc_spread(net: SpecialisedNet, x: torch.Tensor, labels: SiteLabels, passes: int, seed: int = 0) -> np.ndarray:
+    """RMS spread (m) of the position over `passes` dropout samples: the model's own uncertainty.
+    Seeded, so the same query always gets the same estimate."""
+    if passes < 2 or x.shape[0] == 0:
+        return np.zeros(x.shape[0])
+    devices = [x.device] if x.device.type == "cuda" else []
+    outs = []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        net.train()
+        for _ in range(passes):
+            outs.append(net(x).xy)
+        net.eval()
+    xy = torch.stack(outs).double()  # (T, n, 2)
+    var = ((xy - xy.mean(dim=0, keepdim=True)) ** 2).sum(dim=2).mean(dim=0)
+    return np.asarray(var.sqrt().cpu().numpy() * labels.scale)
+
+
+def error_features(spread_m: np.ndarray, p_floor: np.ndarray) -> np.ndarray:
+    """[1, log(1 + dropout spread in m), -log p(chosen floor)]: both grow with the real error."""
+    return np.column_stack([np.ones(len(spread_m)), np.log1p(spread_m), -np.log(np.clip(p_floor, 1e-6, 1.0))])
