@@ -1,0 +1,75 @@
+"""Co-training update (ml.cotrain) on a tiny real iToLoc model: queries from a shifted device teach it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.cotrain import CotrainConfig, cotrain_update
+from ml.evaluate import metrics
+from ml.models.base import QueryBatch
+from ml.models.itoloc import ITOLOC
+from tests.unit.test_itoloc import TINY, synthetic_site
+
+
+def _mean(model: ITOLOC, fs: object) -> float:
+    return float(metrics(model.predict(QueryBatch.from_set(fs)), fs)["mean_m"])  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def setting() -> tuple[ITOLOC, object, object, object]:
+    train = synthetic_site(96, seed=0)
+    later = synthetic_site(96, seed=5)
+    later.rss = later.rss - 8.0  # a new phone model with 8 dB less gain, months later
+    half = np.arange(len(later)) % 2 == 0
+    return ITOLOC.fit(train, TINY, seed=0), train, later.subset(half), later.subset(~half)
+
+
+def test_update_learns_from_unlabeled_queries_and_leaves_the_input_model_alone(setting: tuple) -> None:
+    model, train, queries, unseen = setting
+    before_unseen, before_train = _mean(model, unseen), _mean(model, train)
+    weights = {k: v.copy() for k, v in model.arrays().items()}
+    update = ITOLOC.from_state(model.arrays(), model.config())
+    summary = cotrain_update(update, train, queries, {"max_rounds": 5, "epochs": 2}, seed=0)
+    assert _mean(update, unseen) < before_unseen  # better on later queries it never saw
+    assert _mean(update, train) <= before_train * 1.05  # and not worse on the survey
+    assert all(np.array_equal(weights[k], v) for k, v in model.arrays().items())
+    pools = [r["pool"] for r in summary["rounds"]]
+    assert pools[:3] == [60, 120, 192]  # N_t = 60 * 2^t, capped at the 192 unlabeled queries
+    assert sum(summary["accepted_total"]) > 0
+    for j in range(3):  # every pool fingerprint is accounted for by exactly one test
+        total = sum(r["pool"] for r in summary["rounds"])
+        parts = (
+            summary["accepted_total"][j]
+            + summary["rejected_agreement"][j]
+            + summary["rejected_confidence"][j]
+            + summary["rejected_stability"][j]
+        )
+        assert parts == total
+
+
+def test_smearing_rounds_lower_sigma_after_the_pool_is_exhausted(setting: tuple) -> None:
+    model, train, queries, _ = setting
+    update = ITOLOC.from_state(model.arrays(), model.config())
+    params = {"max_rounds": 6, "epochs": 1, "smear_every": 2, "sigma": 0.7, "sigma_os": 0.1}
+    summary = cotrain_update(update, train, queries, params, seed=0)
+    smeared = [r["round"] for r in summary["rounds"] if r["smeared"]]
+    assert smeared and all(summary["rounds"][i]["pool"] == 192 for i in smeared)
+    assert summary["final_sigma"] == pytest.approx(0.7 - 0.1 * len(smeared))
+
+
+def test_update_is_deterministic(setting: tuple) -> None:
+    model, train, queries, unseen = setting
+    outs = []
+    for _ in range(2):
+        update = ITOLOC.from_state(model.arrays(), model.config())
+        cotrain_update(update, train, queries, {"max_rounds": 3, "epochs": 1}, seed=3)
+        outs.append(update.predict(QueryBatch.from_set(unseen)).xy)
+    np.testing.assert_allclose(outs[0], outs[1])
+
+
+def test_bad_params_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        CotrainConfig.from_params({"rounds": 3})
+    with pytest.raises(ValueError, match="sigma"):
+        CotrainConfig.from_params({"sigma": 1.5})

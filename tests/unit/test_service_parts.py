@@ -1,0 +1,128 @@
+"""Service building blocks that need no server: group commit, sensor codec, ids, settings, ml purity."""
+
+from __future__ import annotations
+
+import ast
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from app.config import Settings
+from app.db import Database
+from app.migrate import upgrade
+from app.models import Query, Site
+from app.services.codec import pack_sensors, unpack_sensors
+from app.services.ids import time_ordered_id
+from app.services.querylog import QueryWriter
+from ml.types import SensorData
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    upgrade(url)
+    d = Database(url)
+    with d.session() as s:
+        s.add(Site(id="s1", name="s1"))
+    return d
+
+
+def _row(i: int) -> dict[str, object]:
+    return {
+        "id": time_ordered_id(),
+        "site_id": "s1",
+        "wifi": [["ap", -50.0, None]],
+        "x": float(i),
+        "y": 0.0,
+        "floor": "0",
+        "error_m": 1.0,
+        "model_name": "wknn",
+        "model_version": 1,
+    }
+
+
+def test_group_commit_shares_transactions_and_stores_every_row(db: Database) -> None:
+    writer = QueryWriter(db, max_rows=500, max_wait_ms=20)
+    writer.start()
+    futures = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for i in range(50):
+            fut = writer.submit([_row(k * 1000 + i)])
+            with lock:
+                futures.append(fut)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for f in futures:
+        f.result(timeout=30)
+    writer.stop()
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Query)) == 400
+        assert s.get(Site, "s1").n_queries == 400  # type: ignore[union-attr]
+    assert writer.rows_written == 400
+    assert writer.commits < 400 / 4  # requests shared commits
+
+
+def test_failed_commit_fails_every_waiting_request(db: Database) -> None:
+    writer = QueryWriter(db, max_wait_ms=0)
+    writer.start()
+    bad = {**_row(0), "site_id": "no-such-site"}  # foreign key violation
+    fut = writer.submit([bad])
+    with pytest.raises(Exception, match="FOREIGN KEY"):
+        fut.result(timeout=10)
+    ok = writer.submit([_row(1)])
+    ok.result(timeout=10)  # the writer keeps going after a failed batch
+    writer.stop()
+
+
+def test_sensor_codec_round_trip_with_missing_modalities() -> None:
+    rng = np.random.default_rng(0)
+    s = SensorData(
+        rate_hz=10.0,
+        accel=rng.normal(size=(10, 3)).astype(np.float32),
+        gyro=None,
+        mag=rng.normal(size=(10, 3)).astype(np.float32),
+    )
+    back = unpack_sensors(pack_sensors(s))
+    assert back.rate_hz == 10.0 and back.gyro is None
+    assert back.accel is not None and np.array_equal(back.accel, s.accel)
+    assert back.mag is not None and np.array_equal(back.mag, s.mag)
+    with pytest.raises(ValueError):
+        unpack_sensors(b"nope" + bytes(20))
+
+
+def test_query_ids_sort_by_creation() -> None:
+    ids = [time_ordered_id() for _ in range(1000)]
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+
+
+def test_settings_defaults_and_validation(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, database_url="", redis_url="")
+    assert s.embedded and s.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'siteloc.db'}"
+    assert s.visibility_timeout_s > s.job_hard_time_limit_s
+    with pytest.raises(ValueError):
+        Settings(device="tpu")  # type: ignore[arg-type]
+
+
+def test_ml_imports_nothing_from_the_service() -> None:
+    banned = {"app", "worker", "fastapi", "starlette", "sqlalchemy", "celery", "redis", "alembic", "pydantic"}
+    offenders = []
+    for path in (ROOT / "ml").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in banned]
+    assert offenders == []
