@@ -86,6 +86,7 @@ class ITOLOC(LocModel):
     name: ClassVar[str] = "itoloc"
     # Co-training (section IV) judges its updates on data the model never saw: keep the holdout out.
     refit_with_holdout: ClassVar[bool] = False
+    supports_cotrain: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -328,6 +329,26 @@ class ITOLOC(LocModel):
                     freeze_extractor=freeze_extractor,
                 )
             progress((k + 1) / len(sets), f"fine-tuned module M{k + 1}")
+
+    def cotrain(
+        self,
+        labeled: FingerprintSet,
+        unlabeled: FingerprintSet,
+        params: dict[str, Any],
+        *,
+        seed: int = 0,
+        progress: ProgressFn = no_progress,
+        device: str = "cpu",
+    ) -> tuple[ITOLOC, dict[str, Any]]:
+        """Section IV co-training on a copy (see `ml.cotrain.cotrain_update`); `self` is unchanged.
+        The error_m calibration is kept from the parent: it was fitted on the survey hold-out, which the
+        update must not see (the service judges the update on it)."""
+        from ml.cotrain import cotrain_update
+
+        copy = ITOLOC.from_state(self.arrays(), self.config(), device)
+        summary = cotrain_update(copy, labeled, unlabeled, params, seed=seed, progress=progress)
+        copy.net.eval()
+        return copy, summary
 
     def _soft_batch(self, s: ModuleSet) -> Batch:
         cell = np.argmax(s.target, 1)

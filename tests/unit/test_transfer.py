@@ -110,7 +110,10 @@ def evaluate(model: Any, test: FingerprintSet) -> dict[str, Any]:
 @pytest.mark.parametrize("name", ["dnn", "cnnloc"])
 def test_scratch_network_learns_the_site(name: str, target: tuple[FingerprintSet, FingerprintSet]) -> None:
     train, test = target
-    model = get_model_class(name).fit(train, NET_ONLY, seed=0)
+    # cnnloc's stacked autoencoder + 1-D convolutions need a few more channels and epochs than the dnn to
+    # learn this small site (with NET_ONLY it stops at ~11 m on some seeds; with these, 6-8 m on seeds 0-2)
+    params = NET_ONLY if name == "dnn" else {**NET_ONLY, "channels": 8, "sae_epochs": 10, "epochs": 120, "patience": 60}
+    model = get_model_class(name).fit(train, params, seed=0)
     m = evaluate(model, test)
     # predicting the site centroid gives ~12 m; a model that ignores its input cannot get under half of it
     assert m["mean_m"] < 0.5 * centroid_error(train, test), m
