@@ -87,10 +87,24 @@ def load_floor(data_dir: Path, site: str, floor: str) -> tuple[Fingerprint, ...]
     return tuple(load_ilc_floor(data_dir, site, floor))
 
 
+def time_split(fps: list[Fingerprint], test_fraction: float) -> tuple[list[Fingerprint], list[Fingerprint]]:
+    """Survey now, serve later: the paths recorded first train, the latest `test_fraction` of them test."""
+    from ml.data.splits import split_by_time
+
+    train_idx, test_idx = split_by_time([fp.timestamp for fp in fps], [fp.path for fp in fps], test_fraction)
+    return [fps[i] for i in train_idx], [fps[i] for i in test_idx]
+
+
 def ilc_floor_split(data_dir: Path, site: str, floor: str, args: argparse.Namespace) -> Split:
-    train, test = path_split(list(load_floor(data_dir, site, floor)), args.test_fraction, args.seed)
+    fps = list(load_floor(data_dir, site, floor))
+    if args.split == "time":
+        train, test = time_split(fps, args.test_fraction)
+        how = f"the latest {args.test_fraction:g} of the paths (by first scan time) to test"
+    else:
+        train, test = path_split(fps, args.test_fraction, args.seed)
+        how = f"paths split {1 - args.test_fraction:g}/{args.test_fraction:g} (seed {args.seed})"
     train = take_train_fraction(train, args.train_fraction, args.seed)
-    desc = f"{site}/{floor}: paths split {1 - args.test_fraction:g}/{args.test_fraction:g} (seed {args.seed})"
+    desc = f"{site}/{floor}: {how}"
     if args.train_fraction < 1.0:
         desc += f", {args.train_fraction:g} of the training paths"
     return Split(f"ilc_{site}_{floor}{_fraction_suffix(args)}", train, test, desc)
@@ -102,12 +116,13 @@ def ilc_site_split(data_dir: Path, site: str, floors: list[str], args: argparse.
     parts = [ilc_floor_split(data_dir, site, floor, args) for floor in floors]
     train = [fp for p in parts for fp in p.train]
     test = [fp for p in parts for fp in p.test]
-    desc = f"{site} floors {'+'.join(floors)} together; each floor's paths split as in its own run"
+    desc = f"{site} floors {'+'.join(floors)} together; each floor's paths split as in its own run ({args.split})"
     return Split(f"ilc_{site}_allfloors{_fraction_suffix(args)}", train, test, desc)
 
 
 def _fraction_suffix(args: argparse.Namespace) -> str:
-    return "" if args.train_fraction >= 1.0 else f"_train{args.train_fraction:g}"
+    suffix = "_time" if getattr(args, "split", "path") == "time" else ""
+    return suffix + ("" if args.train_fraction >= 1.0 else f"_train{args.train_fraction:g}")
 
 
 def site_floors(data_dir: Path) -> dict[str, list[str]]:
@@ -395,6 +410,12 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
         default="B1",
         help="a floor (B1, F1, ...); 'all' = each floor in turn, then all floors together (floor "
         "classification); 'together' = only the all-floors run",
+    )
+    ilc.add_argument(
+        "--split",
+        choices=("path", "time"),
+        default="path",
+        help="path: seeded random paths to test; time: the latest --test-fraction of the paths (cross-time)",
     )
     sub.add_parser("detect", parents=[common], help="site detection across UJI and the ILC sites")
     args = parser.parse_args(list(argv))

@@ -11,7 +11,8 @@ Every table in the document sits between a marker line and `<!-- /bench-table --
 KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`; each PATTERN is a glob under --bench-out (in
 the order given; matches of one pattern sorted by name). The numbers are copied from the JSON files, never typed:
 re-run the command in a row, then this script, and the table follows. `--check` exits 1 when the document is not
-what the JSON files say (missing files are reported, not invented).
+what the JSON files say (missing files are reported, not invented; a table none of whose files are here is
+left as it is).
 """
 
 from __future__ import annotations
@@ -286,7 +287,9 @@ def render(doc: str, bench_out: Path) -> tuple[str, list[str]]:
         end = next((j for j in range(i, len(lines)) if lines[j].strip() == END), None)
         if end is None:
             raise SystemExit(f"no {END} after {lines[i - 1]!r}")
-        out += KINDS[kind](rows) if rows else ["_(no results: run the command above)_"]
+        # no result files for this table here (another machine ran it): keep the table as it is
+        old = [ln for ln in lines[i:end] if ln.strip()]
+        out += KINDS[kind](rows) if rows else old or ["_(no results: run the command above)_"]
         out.append(lines[end])
         i = end + 1
     return "\n".join(out) + "\n", missing

@@ -73,3 +73,35 @@ def test_bad_params_are_refused() -> None:
         CotrainConfig.from_params({"rounds": 3})
     with pytest.raises(ValueError, match="sigma"):
         CotrainConfig.from_params({"sigma": 1.5})
+
+
+def test_bench_cotrain_on_the_uji_fixtures_reports_before_after_and_the_guard(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import zipfile
+    from pathlib import Path
+
+    from ml.bench_cotrain import main
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    data = tmp_path / "data"
+    data.mkdir()
+    with zipfile.ZipFile(data / "ujiindoorloc.zip", "w") as z:
+        z.write(fixtures / "uji_train_small.csv", "UJIndoorLoc/trainingData.csv")
+        z.write(fixtures / "uji_validation_small.csv", "UJIndoorLoc/validationData.csv")
+    argv = ["uji", "--split", "phone", "--data-dir", str(data), "--out", str(tmp_path / "out")]
+    argv += ["--params", json.dumps(TINY), "--cotrain-params", json.dumps({"max_rounds": 2, "pool_start": 10})]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "out" / "cotrain_uji_phone.json").read_text())
+    assert result["n_queries_A"] + result["n_scored_B"] == 100  # the validation fixture, split in two halves
+    assert result["n_fit"] + result["n_holdout"] == 264
+    for part in ("before", "after"):
+        assert set(result[part]) == {"A", "B", "holdout"} and result[part]["B"]["n"] == result["n_scored_B"]
+    assert len(result["summary"]["rounds"]) == 2
+    promoted = result["guard"]["promoted"]
+    before, after = result["before"]["holdout"], result["after"]["holdout"]
+    assert promoted == (after["mean_m"] <= before["mean_m"] * 1.02 and after["floor_hit"] >= before["floor_hit"] - 0.02)
+    assert result["served_guard_on"] == (result["after"] if promoted else result["before"])
+    # the second run reuses the cached model and gives the same answer
+    assert main([*argv, "--tag", "again"]) == 0
+    again = json.loads((tmp_path / "out" / "cotrain_uji_phone_again.json").read_text())
+    assert again["train_time_s"] is None and again["after"] == result["after"]
