@@ -8,7 +8,7 @@ Every table in the document sits between a marker line and `<!-- /bench-table --
     | ... generated ... |
     <!-- /bench-table -->
 
-KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`; each PATTERN is a glob under --bench-out (in
+KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`; each PATTERN is a glob under --bench-out (in
 the order given; matches of one pattern sorted by name). The numbers are copied from the JSON files, never typed:
 re-run the command in a row, then this script, and the table follows. `--check` exits 1 when the document is not
 what the JSON files say (missing files are reported, not invented; a table none of whose files are here is
@@ -43,11 +43,16 @@ def _n(v: Any) -> str:
 
 def label(name: str) -> str:
     """bench-out file stem -> a readable run label."""
-    m = re.match(r"ilc_(site\d)_(\w+?)(?:_train([\d.]+))?_(\w+?)(?:_(.+))?$", name)
+    m = re.match(r"ilc_(site\d)_(\w+?)(_time)?(?:_train([\d.]+))?_(\w+?)(?:_(.+))?$", name)
     if m:
-        site, floor, frac, _model, _tag = m.groups()
+        site, floor, time_split, frac, _model, tag = m.groups()
         floor_txt = "all floors (floor classification)" if floor == "allfloors" else floor
-        return f"{site} {floor_txt}" + (f", {float(frac):.0%} of training paths" if frac else "")
+        return (
+            f"{site} {floor_txt}"
+            + (", later paths" if time_split else "")
+            + (f", {float(frac):.0%} of training paths" if frac else "")
+            + (f" ({tag})" if tag else "")
+        )
     return name
 
 
@@ -252,7 +257,52 @@ def load(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def cotrain(rows: list[dict[str, Any]]) -> list[str]:
+    head = [
+        "run",
+        "fit / holdout / queries A / scored B",
+        "B mean before (m)",
+        "B mean after",
+        "B change",
+        "holdout mean before",
+        "holdout mean after",
+        "floor hit B before / after",
+        "guard",
+        "B change, guard on",
+        "pseudo-labels accepted (M1, M2, M3)",
+        "update (s)",
+        "command",
+    ]
+    out = [
+        _row(head),
+        _row(["---", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "---", "--:", "--:", "--:", "---"]),
+    ]
+    for d in rows:
+        b, a = d["before"], d["after"]
+        out.append(
+            _row(
+                [
+                    d["name"] + (f" ({d['split']})" if d.get("split") else ""),
+                    f"{_n(d['n_fit'])} / {_n(d['n_holdout'])} / {_n(d['n_queries_A'])} / {_n(d['n_scored_B'])}",
+                    _f(b["B"]["mean_m"]),
+                    _f(a["B"]["mean_m"]),
+                    f"{d['B_mean_change_pct_guard_off']:+.1f}%",
+                    _f(b["holdout"]["mean_m"]),
+                    _f(a["holdout"]["mean_m"]),
+                    f"{_pct(b['B'].get('floor_hit'))} / {_pct(a['B'].get('floor_hit'))}",
+                    "promoted" if d["guard"]["promoted"] else "rejected",
+                    f"{d['B_mean_change_pct_guard_on']:+.1f}%",
+                    ", ".join(str(v) for v in d["summary"]["accepted_total"]),
+                    _f(d.get("update_time_s"), 0),
+                    _cmd(d),
+                ]
+            )
+        )
+    return out
+
+
 KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
+    "cotrain": cotrain,
     "accuracy": accuracy,
     "latency": latency,
     "detect": detect,

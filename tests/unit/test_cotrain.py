@@ -77,17 +77,11 @@ def test_bad_params_are_refused() -> None:
 
 def test_bench_cotrain_on_the_uji_fixtures_reports_before_after_and_the_guard(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
-    import zipfile
-    from pathlib import Path
 
     from ml.bench_cotrain import main
+    from tests.fixture_data import uji_data_dir
 
-    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
-    data = tmp_path / "data"
-    data.mkdir()
-    with zipfile.ZipFile(data / "ujiindoorloc.zip", "w") as z:
-        z.write(fixtures / "uji_train_small.csv", "UJIndoorLoc/trainingData.csv")
-        z.write(fixtures / "uji_validation_small.csv", "UJIndoorLoc/validationData.csv")
+    data = uji_data_dir(tmp_path)
     argv = ["uji", "--split", "phone", "--data-dir", str(data), "--out", str(tmp_path / "out")]
     argv += ["--params", json.dumps(TINY), "--cotrain-params", json.dumps({"max_rounds": 2, "pool_start": 10})]
     assert main(argv) == 0

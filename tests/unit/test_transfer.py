@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from ml.serialize import dumps, loads
 from ml.transfer import SourceArtifact, fit_transfer, make_source_artifact, split_params
 from ml.transfer_msta import MIEstimator, fi_sigma, j_sim, js_mi_loss
 from ml.types import Fingerprint, WifiReading
+from tests.fixture_data import uji_data_dir
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY: dict[str, Any] = {
@@ -376,11 +376,7 @@ def test_msta_constraints() -> None:
 def test_bench_transfer_runs_on_fixtures(tmp_path: Path) -> None:
     from ml.bench_transfer import main
 
-    data = tmp_path / "data"
-    data.mkdir()
-    with zipfile.ZipFile(data / "ujiindoorloc.zip", "w") as z:
-        z.write(FIXTURES / "uji_train_small.csv", "UJIndoorLoc/trainingData.csv")
-        z.write(FIXTURES / "uji_validation_small.csv", "UJIndoorLoc/validationData.csv")
+    data = uji_data_dir(tmp_path)
     out = tmp_path / "out"
     params = json.dumps({**TINY, "epochs": 8, "gan_steps": 10, "pretrain_epochs": 2})
     argv = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from ml.models.wknn import (
 )
 from ml.serialize import dumps, loads
 from ml.types import Fingerprint, WifiReading
+from tests.fixture_data import uji_data_dir
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FAST = {"tune": False, "representation": "powed", "distance": "sorensen", "k": 3, "k_floor": 3, "k_building": 3}
@@ -376,11 +376,7 @@ def test_nearest_distance_ranks_the_right_site_first(site, tuned) -> None:
 
 
 def test_bench_uji_on_the_fixtures_writes_metrics_and_cdf(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    with zipfile.ZipFile(data / "ujiindoorloc.zip", "w") as z:
-        z.write(FIXTURES / "uji_train_small.csv", "UJIndoorLoc/trainingData.csv")
-        z.write(FIXTURES / "uji_validation_small.csv", "UJIndoorLoc/validationData.csv")
+    data = uji_data_dir(tmp_path)
     out = tmp_path / "out"
     argv = ["uji", "--data-dir", str(data), "--out", str(out), "--params", json.dumps(FAST), "--tag", "t"]
     assert bench_main(argv) == 0
