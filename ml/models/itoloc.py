@@ -165,7 +165,7 @@ class ITOLOC(LocModel):
         progress: ProgressFn,
     ) -> ITOLOC:
         seed_everything(seed)
-        layout = build_layout(fs, fs.fresh_rss(cfg.max_age_ms), cfg.n_aps, cfg.zones, cfg.cell_m)
+        layout = build_layout(fs, fs.fresh_rss(cfg.max_age_ms), cfg.n_aps, cfg.zones, cfg.cell_m, cfg.ap_min_heard)
         domain, names = domain_labels(fs, cfg.time_bucket_ms, cfg.min_domain_rows)
         model = cls(cfg, layout, names, _DEFAULT_CALIB, device)
         data = model._labelled(fs, domain)

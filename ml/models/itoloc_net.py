@@ -32,6 +32,8 @@ from torch.nn import functional as F
 class ItolocConfig:
     # --- fingerprint image ---
     n_aps: int = 64  # N: APs per zone (image N x N); top-N by how often they are heard in the zone's training scans
+    ap_min_heard: int = 8  # > 0: pick APs greedily so every training scan hears at least this many (see top_aps);
+    # 0 = by frequency only (on an ILC mall floor that left 23% of the scans with an empty image)
     zones: str = "building"  # "building": one AP list per building (shared net, cells masked per zone) | "site"
     image: bool = True  # False: 1-D ablation (the scaled RSS vector through 1-D versions of the same blocks)
     rss_floor_dbm: float = -105.0  # readings are clipped up to this; unheard APs are encoded as this level

@@ -5,7 +5,8 @@
   shared and each zone's cells are the only softmax classes allowed for its scans. At
   query time the zone is the one whose APs are heard most strongly (`zone_of`).
 - AP list of a zone: the N APs heard most often in the zone's training scans (ties:
-  stronger mean RSS), ordered by spectral seriation of their co-occurrence (Fiedler
+  stronger mean RSS), after a greedy coverage pass (`ap_min_heard`: every scan should hear
+  at least that many of the N where possible), ordered by spectral seriation of their co-occurrence (Fiedler
   vector of the co-hearing graph) so that neighbouring pixels of the image belong to APs
   that are heard together.
 - Cells (the reference locations): survey positions snapped to a `cell_m` grid per
@@ -56,20 +57,45 @@ def seriate(heard: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(v)), np.round(v, 12)))
 
 
-def top_aps(rss: np.ndarray, n: int) -> np.ndarray:
-    """Columns of the n APs heard most often (ties: stronger mean), seriated."""
+def top_aps(rss: np.ndarray, n: int, min_heard: int = 0) -> np.ndarray:
+    """Columns of n APs, seriated. min_heard = 0: the n heard most often (ties: stronger mean). min_heard > 0:
+    greedy coverage first: each pick is the AP heard by most scans that still hear fewer than `min_heard` of the
+    picks (ties: more often heard, then stronger), so that in a site with many more APs than n (a mall floor hears
+    1,000+) no part of it is left with an empty image; once every scan is covered, by frequency as above."""
     heard = ~np.isnan(rss)
     count = heard.sum(0)
     mean = np.where(count > 0, np.nansum(np.nan_to_num(rss, nan=0.0), 0) / np.maximum(count, 1), -np.inf)
     order = np.lexsort((np.arange(rss.shape[1]), -mean, -count))
-    chosen = order[: min(n, int((count > 0).sum()))]
+    n_pick = min(n, int((count > 0).sum()))
+    if min_heard <= 0:
+        chosen = order[:n_pick]
+    else:
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        taken = np.zeros(rss.shape[1], dtype=bool)
+        covered = np.zeros(len(rss), dtype=np.int64)
+        picks: list[int] = []
+        heard_f = heard.astype(np.float32)
+        for _ in range(n_pick):
+            short = covered < min_heard
+            gain = heard_f[short].sum(0) if short.any() else count.astype(np.float32)
+            # lexicographic (gain, frequency rank) without a sort: gain dominates, rank breaks ties
+            score = gain * (len(order) + 1) - rank
+            score[taken | (count == 0)] = -np.inf
+            j = int(np.argmax(score))
+            picks.append(j)
+            taken[j] = True
+            covered += heard[:, j]
+        chosen = np.array(picks, dtype=np.int64)
     return chosen[seriate(heard[:, chosen])]
 
 
-def build_layout(fs: FingerprintSet, rss: np.ndarray, n_aps: int, zones: str, cell_m: float) -> SiteLayout:
+def build_layout(
+    fs: FingerprintSet, rss: np.ndarray, n_aps: int, zones: str, cell_m: float, min_heard: int = 0
+) -> SiteLayout:
     zone_of_row = zone_labels(fs, zones)
     names = sorted(set(zone_of_row.tolist()))
-    picks = [top_aps(rss[zone_of_row == z], n_aps) for z in names]
+    picks = [top_aps(rss[zone_of_row == z], n_aps, min_heard) for z in names]
     zone_aps = np.full((len(names), n_aps), -1, dtype=np.int64)
     for zi, p in enumerate(picks):
         zone_aps[zi, : len(p)] = p

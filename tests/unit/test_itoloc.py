@@ -210,3 +210,20 @@ def test_projected_coordinates_keep_precision(site: tuple[FingerprintSet, Finger
     want = np.hypot(*(train.xy[:, None, :] - layout.cell_xy[None]).transpose(2, 0, 1))
     want += cfg.floor_gap_m * (batch.fkey.numpy()[:, None] != model.cell_fkey[None, :])
     assert np.abs(got - want).max() < 0.01
+
+
+def test_coverage_pick_leaves_no_scan_with_an_empty_image() -> None:
+    """Two areas: 20 APs heard everywhere-ish in area A (often), 20 heard only in area B (rarely). By frequency
+    alone the 8 picks all come from A and B's scans get an empty image; with ap_min_heard they do not."""
+    from ml.models.itoloc_site import top_aps
+
+    rng = np.random.default_rng(0)
+    rss = np.full((100, 40), np.nan, dtype=np.float32)
+    rss[:80, :20] = rng.uniform(-80, -40, (80, 20))  # area A: 80 scans
+    rss[80:, 20:] = rng.uniform(-80, -40, (20, 20))  # area B: 20 scans
+    heard = ~np.isnan(rss)
+    by_count = top_aps(rss, 8)
+    assert set(by_count.tolist()) <= set(range(20)) and heard[80:][:, by_count].sum(1).max() == 0
+    covered = top_aps(rss, 8, min_heard=3)
+    assert len(set(covered.tolist())) == 8
+    assert heard[:, covered].sum(1).min() >= 3  # every scan hears at least 3 of the picks
