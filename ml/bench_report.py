@@ -8,11 +8,11 @@ Every table in the document sits between a marker line and `<!-- /bench-table --
     | ... generated ... |
     <!-- /bench-table -->
 
-KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`; each PATTERN is a glob under --bench-out (in
-the order given; matches of one pattern sorted by name). The numbers are copied from the JSON files, never typed:
-re-run the command in a row, then this script, and the table follows. `--check` exits 1 when the document is not
-what the JSON files say (missing files are reported, not invented; a table none of whose files are here is
-left as it is).
+KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`; each PATTERN is a glob under --bench-
+out (in the order given; matches of one pattern sorted by name). The numbers are copied from the JSON files, never
+typed: re-run the command in a row, then this script, and the table follows. `--check` exits 1 when the document is
+not what the JSON files say (missing files are reported, not invented; a table none of whose files are here is left
+as it is).
 """
 
 from __future__ import annotations

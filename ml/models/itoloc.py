@@ -25,8 +25,9 @@ module on its own labelled set.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -139,6 +140,7 @@ class ITOLOC(LocModel):
     ) -> ITOLOC:
         cfg = ItolocConfig.from_params(dict(params))
         held = holdout_mask(train, cfg.holdout, seed_everything(seed))
+        cfg = schedule_for(cfg, int((~held).sum()))
         val = train.subset(held) if held.any() else None
         share = 0.5 if cfg.refit and val is not None else 1.0
         model = cls._train_once(train.subset(~held), val, cfg, seed, device, cfg.epochs, _scaled(progress, 0, share))
@@ -407,6 +409,17 @@ class ITOLOC(LocModel):
         model.net.load_state_dict(state)
         model.net.eval()
         return model
+
+
+def schedule_for(cfg: ItolocConfig, n_rows: int) -> ItolocConfig:
+    """The batch size and epochs actually used for `n_rows` training rows (see ItolocConfig.min_steps); the
+    model stores the resolved values."""
+    batch = cfg.batch_size
+    if cfg.min_batches_per_epoch > 0 and n_rows < batch * cfg.min_batches_per_epoch:
+        batch = min(batch, max(32, n_rows // cfg.min_batches_per_epoch))
+    per_epoch = max(1, math.ceil(n_rows / batch))
+    epochs = max(cfg.epochs, min(cfg.max_epochs, math.ceil(cfg.min_steps / per_epoch)))
+    return replace(cfg, batch_size=batch, epochs=epochs)
 
 
 def _scaled(progress: ProgressFn, start: float, end: float) -> ProgressFn:

@@ -65,6 +65,12 @@ class ItolocConfig:
     # --- optimisation (paper: SGD, momentum 0.9, wd 1e-4, lr 0.1 / 10 on plateau, batch 32, 200 epochs) ---
     epochs: int = 10  # UJIIndoorLoc: best held-out epoch 4-8 (early stopping keeps it)
     batch_size: int = 128  # larger batches are faster per row on CPU
+    # Small surveys (an ILC floor: ~1,500 scans) need more, smaller steps than epochs x batch_size give: the batch
+    # shrinks (not below 32) until an epoch has min_batches_per_epoch batches, and epochs grow until training
+    # takes min_steps steps (at most max_epochs). UJIIndoorLoc (18k rows) keeps 128 x 10 epochs.
+    min_batches_per_epoch: int = 48
+    min_steps: int = 1400
+    max_epochs: int = 200
     lr: float = 0.05  # paper: 0.1 at batch 32 (not tried here)
     momentum: float = 0.9
     weight_decay: float = 1e-4

@@ -17,6 +17,7 @@ from ml.models.itoloc_net import ItolocConfig, fingerprint_image, rss_to_f
 from ml.models.itoloc_site import holdout_mask
 
 TINY: dict[str, Any] = {
+    "min_steps": 0,  # exactly `epochs` epochs (the default stretches small surveys to 1,400 steps)
     "n_aps": 12,
     "width": 8,
     "pool_out": 2,
