@@ -27,6 +27,8 @@ from ml.data.features import FingerprintSet
 from ml.models.base import ProgressFn, no_progress
 from ml.seed import seed_everything
 
+_MEAN_RELU_NORMAL = 0.3989  # E[max(z, 0)] for z ~ N(0, 1)
+
 
 @dataclass(frozen=True)
 class CotrainConfig:
@@ -37,7 +39,10 @@ class CotrainConfig:
     sigma_min: float = 0.3  # never below this
     dropout_passes: int = 10  # K: stochastic passes for the stability test (reject if > K/3 changes)
     smear_every: int = 3  # after the pool is exhausted, every this many rounds fine-tune on smeared sets
-    smear_std: float = 0.05  # std of the output-smearing noise (Eq. 12)
+    # Output smearing (Eq. 12): y' = y + ReLU(z * std), renormalised. With hundreds of cells a fixed std buries the
+    # label (std 0.05 over 600 cells adds ~12x its mass), so std is set per row to give this expected noise mass
+    # relative to the label's 1: std = smear_mass / (E[ReLU(z)] * cells of the row's zone).
+    smear_mass: float = 0.3
     lr: float = 0.01  # fine-tuning learning rate (paper)
     epochs: int = 2  # fine-tuning epochs per module per round
     labeled_per_round: int = 2000  # labeled rows mixed into each module's set per round (seeded sample)
@@ -64,6 +69,7 @@ class CoTrainable(Protocol):
 
     def module_probs(self, rss: np.ndarray, *, mc_dropout: bool = False) -> np.ndarray: ...
     def targets(self, fs: FingerprintSet) -> np.ndarray: ...
+    def zone_cells(self, target: np.ndarray) -> np.ndarray: ...
     def fine_tune_modules(
         self, sets: Any, *, epochs: int, lr: float, seed: int, freeze_extractor: bool, progress: ProgressFn
     ) -> None: ...
@@ -142,7 +148,9 @@ def cotrain_update(
             base = rng.choice(len(lab_rss), size=min(cfg.labeled_per_round, len(lab_rss)), replace=False)
             target = lab_target[base]
             if smearing:
-                target = smear(target, cfg.smear_std, np.random.default_rng(seed * 7 + t * 3 + j), target > 0)
+                allowed = model.zone_cells(target)  # noise on the cells of the row's zone (building)
+                std = cfg.smear_mass / (_MEAN_RELU_NORMAL * allowed.sum(1, keepdims=True))
+                target = smear(target, std, np.random.default_rng(seed * 7 + t * 3 + j), allowed)
             pseudo = np.zeros((len(idx), n_cells), dtype=np.float32)
             pseudo[np.arange(len(idx)), label] = 1.0
             sets.append(

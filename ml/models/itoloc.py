@@ -72,8 +72,10 @@ class ModuleSet:
     xy: np.ndarray | None = None  # (n, 2) true positions for Ls; default: target-weighted cell centre
 
 
-def smear(target: np.ndarray, std: float, rng: np.random.Generator, allowed: np.ndarray | None = None) -> np.ndarray:
-    """Output smearing (Eq. 12-13): y' = y + ReLU(z * std), z ~ N(0, 1), renormalised.
+def smear(
+    target: np.ndarray, std: float | np.ndarray, rng: np.random.Generator, allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """Output smearing (Eq. 12-13): y' = y + ReLU(z * std), z ~ N(0, 1), renormalised (std: a scalar or (n, 1)).
 
     `allowed` ((n, C) bool, e.g. `ITOLOC.zone_cells(target)`) keeps the noise on cells the row may
     be located in; note that `target > 0` would keep a one-hot target unchanged."""
