@@ -18,12 +18,13 @@ from sqlalchemy import func, or_, select, update
 
 from app.config import Settings
 from app.db import Database
-from app.errors import Conflict, NotAvailable
+from app.errors import Conflict, Invalid, NotAvailable
 from app.models import Job, ModelVersion, Query, Site
 from app.services.codec import wifi_from_db
 from app.services.jobs import JobContext, JobFailed, ProgressReporter, create_job, finish_job
 from app.services.registry import activate, publish_version
 from app.services.training import load_site_fingerprints
+from ml.cotrain import CotrainConfig
 from ml.data.features import FingerprintSet, build_set
 from ml.evaluate import metrics as score
 from ml.models import get_model_class
@@ -62,6 +63,10 @@ def request_cotrain(s: Any, *, site: Site, params: dict[str, Any]) -> Job:
             f"co-training updates itoloc models; site {site.id!r}'s active model is {active.model} "
             f"v{active.version}. Finetune and activate an itoloc model first"
         )
+    try:
+        CotrainConfig.from_params(dict(params.get("params") or {}))
+    except (ValueError, TypeError) as exc:
+        raise Invalid(f"params: {exc}") from None
     if unused_queries(s, site.id) == 0:
         raise Conflict(f"site {site.id!r} has no stored queries not yet used by an update; nothing to learn from")
     pending = _pending_job(s, site.id)

@@ -54,6 +54,10 @@ def test_cotrain_update_from_stored_queries(api: Api, itoloc_site: tuple[str, li
     r = api.post(f"/sites/{site}/cotrain", headers=ADMIN)
     assert r.status_code == 409 and "queries" in r.json()["detail"]  # nothing stored yet
     _locate_all(api, site, later[::2])
+    r = api.post(f"/sites/{site}/cotrain", json={"params": {"max_rounds": 3, "bogus": 1}}, headers=ADMIN)
+    assert r.status_code == 422 and "bogus" in r.json()["detail"]  # checked before a job is queued
+    r = api.post(f"/sites/{site}/cotrain", json={"params": {"sigma": 2.0}}, headers=ADMIN)
+    assert r.status_code == 422 and "sigma" in r.json()["detail"]
     r = api.post(f"/sites/{site}/cotrain", json={"params": {"max_rounds": 3, "epochs": 1}}, headers=ADMIN)
     assert r.status_code == 202, r.text
     job = api.wait_job(r.json()["job_id"], timeout=300)
