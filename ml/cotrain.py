@@ -34,7 +34,12 @@ _MEAN_RELU_NORMAL = 0.3989  # E[max(z, 0)] for z ~ N(0, 1)
 class CotrainConfig:
     pool_start: int = 60  # N_0; the pool doubles every round (N_t = 60 * 2^t)
     max_rounds: int = 8  # rounds in one update (at least enough to exhaust the pool is typical)
-    sigma: float = 0.6  # confidence: mean max-probability of the two agreeing modules must exceed this
+    sigma: float = 0.6  # confidence: mean probability mass of the two agreeing modules must exceed this
+    # Cells within this distance (same building and floor) count as the same place for the agreement, confidence
+    # and stability tests. 0 = the paper's exact-cell tests, which suit a few reference points; with a survey
+    # snapped to 3 m cells (hundreds per floor) the modules' max-probability is ~0.03-0.05 (ILC site1 B1) and no
+    # query ever passes sigma.
+    agree_radius_m: float = 6.0
     sigma_os: float = 0.05  # sigma is lowered by this at every smearing round
     sigma_min: float = 0.3  # never below this
     dropout_passes: int = 10  # K: stochastic passes for the stability test (reject if > K/3 changes)
@@ -59,6 +64,8 @@ class CotrainConfig:
             raise ValueError("pool_start, max_rounds, dropout_passes and epochs must be >= 1")
         if not 0 < cfg.sigma < 1:
             raise ValueError("sigma must be in (0, 1)")
+        if cfg.agree_radius_m < 0:
+            raise ValueError("agree_radius_m must be >= 0")
         return cfg
 
 
@@ -70,33 +77,42 @@ class CoTrainable(Protocol):
     def module_probs(self, rss: np.ndarray, *, mc_dropout: bool = False) -> np.ndarray: ...
     def targets(self, fs: FingerprintSet) -> np.ndarray: ...
     def zone_cells(self, target: np.ndarray) -> np.ndarray: ...
+    def near_cells(self, radius_m: float) -> np.ndarray: ...
     def fine_tune_modules(
         self, sets: Any, *, epochs: int, lr: float, seed: int, freeze_extractor: bool, progress: ProgressFn
     ) -> None: ...
 
 
-def _agreed(probs: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For target module j: the other two modules' agreement mask, shared label, mean max-probability."""
+def _agreed(probs: np.ndarray, j: int, near: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For target module j: the other two modules' agreement mask, shared label, confidence.
+
+    `near` ((C, C) bool) says which cells count as the same place. With the identity (agree_radius_m = 0) this is
+    the paper's test: both argmax cells equal, confidence = mean of their max-probabilities. Otherwise the two
+    argmax cells must be near each other, the label is the cell the pair finds most likely, and the confidence is
+    the pair's mean probability mass on cells near that label."""
     a, b = (k for k in range(3) if k != j)
     la, lb = probs[a].argmax(1), probs[b].argmax(1)
-    conf = (probs[a].max(1) + probs[b].max(1)) / 2
-    return la == lb, la, conf
+    pair = probs[a] + probs[b]
+    label = pair.argmax(1)
+    conf = (pair * near[label]).sum(1) / 2
+    return near[la, lb], label, conf
 
 
 def select_reliable(
     model: CoTrainable, rss: np.ndarray, cfg: CotrainConfig, sigma: float
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, list[int]]]:
     """Per module j, (row indices, pseudo-labels) of pool rows that pass all three tests."""
+    near = model.near_cells(cfg.agree_radius_m)
     probs = model.module_probs(rss)
     stochastic = [model.module_probs(rss, mc_dropout=True) for _ in range(cfg.dropout_passes)]
     chosen, counts = [], {"agree": [], "confident": [], "stable": []}
     for j in range(3):
-        agree, label, conf = _agreed(probs, j)
+        agree, label, conf = _agreed(probs, j, near)
         confident = agree & (conf > sigma)
         changes = np.zeros(len(rss), dtype=np.int64)
         for p in stochastic:
             a, b = (k for k in range(3) if k != j)
-            changes += (p[a] + p[b]).argmax(1) != label
+            changes += ~near[(p[a] + p[b]).argmax(1), label]
         stable = confident & (changes <= cfg.dropout_passes / 3)
         idx = np.flatnonzero(stable)
         chosen.append((idx, label[idx]))

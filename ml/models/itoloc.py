@@ -301,6 +301,12 @@ class ITOLOC(LocModel):
         out[np.flatnonzero(ok), cell[ok]] = 1.0
         return out
 
+    def near_cells(self, radius_m: float) -> np.ndarray:
+        """(C, C) bool: cells on the same building+floor within radius_m of each other (the diagonal always)."""
+        d = np.hypot(*(self.layout.cell_xy[:, None, :] - self.layout.cell_xy[None, :, :]).transpose(2, 0, 1))
+        same = self.cell_fkey[:, None] == self.cell_fkey[None, :]
+        return np.asarray((same & (d <= radius_m)) | np.eye(len(d), dtype=bool))
+
     def zone_cells(self, target: np.ndarray) -> np.ndarray:
         """(n, C) bool: the cells of the zone (building) of each row's most likely cell."""
         zone = self.layout.cell_zone[np.argmax(target, 1)]

@@ -99,3 +99,18 @@ def test_bench_cotrain_on_the_uji_fixtures_reports_before_after_and_the_guard(tm
     assert main([*argv, "--tag", "again"]) == 0
     again = json.loads((tmp_path / "out" / "cotrain_uji_phone_again.json").read_text())
     assert again["train_time_s"] is None and again["after"] == result["after"]
+
+
+def test_near_cells_and_radius_zero_is_the_papers_exact_cell_test(setting: tuple) -> None:
+    from ml.cotrain import _agreed
+
+    model = setting[0]
+    exact, wide = model.near_cells(0.0), model.near_cells(1e9)
+    assert np.array_equal(exact, np.eye(len(exact), dtype=bool))
+    same_floor = model.cell_fkey[:, None] == model.cell_fkey[None, :]
+    assert np.array_equal(wide, same_floor)  # never across floors or buildings, however wide
+    probs = np.zeros((3, 2, len(exact)))
+    probs[:, 0, 0] = [0.9, 0.7, 0.5]  # modules 0 and 1 agree on cell 0
+    probs[:, 1, :2] = [[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]]  # they disagree on row 1
+    agree, label, conf = _agreed(probs, 2, exact)
+    assert agree.tolist() == [True, False] and label[0] == 0 and conf[0] == pytest.approx(0.8)
