@@ -60,7 +60,7 @@ def test_cotrain_update_from_stored_queries(api: Api, itoloc_site: tuple[str, li
     assert r.status_code == 422 and "sigma" in r.json()["detail"]
     r = api.post(f"/sites/{site}/cotrain", json={"params": {"max_rounds": 3, "epochs": 1}}, headers=ADMIN)
     assert r.status_code == 202, r.text
-    job = api.wait_job(r.json()["job_id"], timeout=300)
+    job = api.wait_job(r.json()["job_id"])
     assert job["state"] == "succeeded", job
     result = job["result"]
     assert result["status"] in ("active", "rejected") and result["reason"]
@@ -91,7 +91,7 @@ def test_guard_off_promotes_and_scheduler_starts_due_updates(
     finally:
         db.dispose()
     api.app.state.runtime.dispatcher.enqueue(created[0])
-    job = api.wait_job(created[0], timeout=300)
+    job = api.wait_job(created[0])
     assert job["state"] == "succeeded", job
     r = api.post(f"/sites/{site}/cotrain", json={"guard": False}, headers=ADMIN)
     assert r.status_code == 409  # queries all used by the scheduled update
@@ -100,7 +100,7 @@ def test_guard_off_promotes_and_scheduler_starts_due_updates(
         f"/sites/{site}/cotrain", json={"guard": False, "params": {"max_rounds": 2, "epochs": 1}}, headers=ADMIN
     )
     assert r.status_code == 202
-    job = api.wait_job(r.json()["job_id"], timeout=300)
+    job = api.wait_job(r.json()["job_id"])
     assert job["state"] == "succeeded" and job["result"]["status"] == "active", job
     assert "without the holdout guard" in job["result"]["reason"]
     active = [v for v in api.get(f"/sites/{site}/models", headers=ADMIN).json() if v["status"] == "active"]
