@@ -257,6 +257,11 @@ def load(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _cotrain_label(d: dict[str, Any]) -> str:
+    tag = re.search(r"--tag (\S+)", d.get("command", ""))
+    return d["name"] + (f", {tag.group(1)}" if tag else "")
+
+
 def cotrain(rows: list[dict[str, Any]]) -> list[str]:
     head = [
         "run",
@@ -282,7 +287,7 @@ def cotrain(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             _row(
                 [
-                    d["name"] + (f" ({d['split']})" if d.get("split") else ""),
+                    _cotrain_label(d),
                     f"{_n(d['n_fit'])} / {_n(d['n_holdout'])} / {_n(d['n_queries_A'])} / {_n(d['n_scored_B'])}",
                     _f(b["B"]["mean_m"]),
                     _f(a["B"]["mean_m"]),
