@@ -122,6 +122,7 @@ def run_study(
     split_by: str,
     args: argparse.Namespace,
     command: str,
+    survey_key: str,
 ) -> dict[str, Any]:
     fit, hold = survey_holdout(survey, args.holdout_fraction, args.seed)
     a, b = halves(later, split_by, args.seed)
@@ -132,7 +133,7 @@ def run_study(
         file=sys.stderr,
         flush=True,
     )
-    key = f"{name}|{args.holdout_fraction}|{len(fit)}"
+    key = f"{survey_key}|{args.holdout_fraction}|{len(fit)}"  # the survey, not how the later data is split
     model, train_s = trained_model(args.model, fit, args.params, args.seed, args.out / ".cache", key, args.verbose)
     if not model.supports_cotrain:
         raise BenchError(f"model {args.model} does not support co-training")
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             survey, later = load_uji(data_dir, "train"), load_uji(data_dir, "validation")
             desc = f"UJIIndoorLoc trainingData survey; validationData halves by {args.split}"
-            run_study(f"uji_{args.split}", desc, survey, later, args.split, args, command)
+            run_study(f"uji_{args.split}", desc, survey, later, args.split, args, command, "uji")
         else:
             floors = site_floors(data_dir)
             if args.site not in floors:
@@ -258,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"ILC {args.site}/{args.floor}: earliest {1 - args.later_fraction:g} of the paths survey, "
                 f"the later paths split in halves by path"
             )
-            run_study(f"ilc_{args.site}_{args.floor}", desc, survey, later, "path", args, command)
+            name = f"ilc_{args.site}_{args.floor}"
+            run_study(name, desc, survey, later, "path", args, command, f"{name}|{args.later_fraction}")
     except (BenchError, FileNotFoundError, ValueError) as exc:
         print(f"python -m ml.bench_cotrain: error: {exc}", file=sys.stderr)
         return 2
