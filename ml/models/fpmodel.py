@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,6 +48,7 @@ from ml.models.fptrain import (
     trainable,
 )
 from ml.models.wknn import HOLDOUT_BY, estimate_error, fit_calibration, holdout_groups
+from ml.params import settings_from
 
 DEFAULT_CALIBRATION = [0.5, 1.0, 0.5, 1.0]  # used when there is no hold-out to calibrate on
 
@@ -87,11 +88,7 @@ class FPNetParams:
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> FPNetParams:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown dnn/cnnloc params: {unknown}; known: {sorted(known)}")
-        p = replace(cls(), **params)
+        p = settings_from(cls, params, "dnn/cnnloc")
         p.validate()
         return p
 

@@ -20,12 +20,14 @@ Pure torch, no I/O. The pieces:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ml.params import settings_from
 
 
 @dataclass
@@ -84,11 +86,7 @@ class ItolocConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ItolocConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ValueError(f"unknown itoloc params: {', '.join(unknown)}")
-        cfg = cls(**params)
+        cfg = settings_from(cls, params, "itoloc")
         cfg.lr_drops = tuple(float(v) for v in cfg.lr_drops)
         if cfg.zones not in ("building", "site"):
             raise ValueError("itoloc zones must be 'building' or 'site'")

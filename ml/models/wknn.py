@@ -28,13 +28,14 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ml.data.features import FingerprintSet
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
+from ml.params import settings_from
 
 REPRESENTATIONS = ("positive", "exponential", "powed", "raw")
 DISTANCES = ("euclidean", "manhattan", "sorensen", "cosine")
@@ -77,11 +78,7 @@ class WKNNParams:
     @classmethod
     def parse(cls, params: dict[str, Any]) -> tuple[WKNNParams, frozenset[str]]:
         """Validated params plus the names the caller pinned."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown wknn params: {sorted(unknown)}; known: {sorted(known)}")
-        out = replace(cls(), **params)
+        out = settings_from(cls, params, "wknn")
         out.validate()
         return out, frozenset(params)
 
