@@ -44,6 +44,7 @@ from ml.bench import (
     site_floors,
     time_split,
 )
+from ml.cotrain import holdout_guard
 from ml.data.features import build_set
 from ml.data.splits import split_by_group
 from ml.evaluate import metrics
@@ -80,15 +81,6 @@ def score(model: LocModel, fps: list[Fingerprint]) -> dict[str, Any]:
     fs = build_set(fps, model.aps)
     m = metrics(model.predict(QueryBatch.from_set(fs)), fs)
     return {k: m[k] for k in KEYS if k in m}
-
-
-def judge(before: dict[str, Any], after: dict[str, Any], tol: float) -> tuple[bool, str]:
-    """The service's guard (`app.services.cotrain._judge`)."""
-    if after["mean_m"] > before["mean_m"] * (1 + tol):
-        return False, f"rejected: holdout mean {after['mean_m']:.2f} m > {before['mean_m']:.2f} m x (1 + {tol:g})"
-    if after["floor_hit"] < before["floor_hit"] - tol:
-        return False, f"rejected: holdout floor hit {after['floor_hit']:.3f} < {before['floor_hit']:.3f} - {tol:g}"
-    return True, f"promoted: holdout mean {after['mean_m']:.2f} m vs {before['mean_m']:.2f} m"
 
 
 def trained_model(
@@ -153,7 +145,7 @@ def run_study(
     )
     update_s = time.perf_counter() - t0
     after = {"B": score(new, b), "holdout": score(new, hold), "A": score(new, a)}
-    promoted, reason = judge(before["holdout"], after["holdout"], args.tolerance)
+    promoted, reason = holdout_guard(before["holdout"], after["holdout"], args.tolerance)  # the service's guard
     guarded = after if promoted else before
 
     def change(x: dict[str, Any]) -> float:

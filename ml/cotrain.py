@@ -18,13 +18,14 @@ are never written back as survey data. The input model is not modified: the upda
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from ml.data.features import FingerprintSet
 from ml.models.base import ProgressFn, no_progress
+from ml.params import settings_from
 from ml.seed import seed_everything
 
 _MEAN_RELU_NORMAL = 0.3989  # E[max(z, 0)] for z ~ N(0, 1)
@@ -55,11 +56,7 @@ class CotrainConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> CotrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown co-training params: {sorted(unknown)}; known: {sorted(known)}")
-        cfg = replace(cls(), **params)
+        cfg = settings_from(cls, params, "co-training")
         if cfg.pool_start < 1 or cfg.max_rounds < 1 or cfg.dropout_passes < 1 or cfg.epochs < 1:
             raise ValueError("pool_start, max_rounds, dropout_passes and epochs must be >= 1")
         if not 0 < cfg.sigma < 1:
@@ -67,6 +64,24 @@ class CotrainConfig:
         if cfg.agree_radius_m < 0:
             raise ValueError("agree_radius_m must be >= 0")
         return cfg
+
+
+def holdout_guard(before: dict[str, Any], after: dict[str, Any], tolerance: float) -> tuple[bool, str]:
+    """Keep an update only if it is not worse on the labeled holdout than the model it replaces: mean error at
+    most (1 + tolerance) x, floor hit down by at most `tolerance`. Returns (promote, reason)."""
+    if after["mean_m"] > before["mean_m"] * (1 + tolerance):
+        return False, (
+            f"rejected: holdout mean error {after['mean_m']:.2f} m is worse than the active version's "
+            f"{before['mean_m']:.2f} m beyond the {tolerance:.0%} tolerance"
+        )
+    if after["floor_hit"] < before["floor_hit"] - tolerance:
+        return False, (
+            f"rejected: holdout floor hit {after['floor_hit']:.3f} fell below the active version's "
+            f"{before['floor_hit']:.3f} beyond the tolerance"
+        )
+    return True, (
+        f"promoted: holdout mean error {after['mean_m']:.2f} m vs {before['mean_m']:.2f} m (tolerance {tolerance:.0%})"
+    )
 
 
 class CoTrainable(Protocol):
@@ -105,7 +120,8 @@ def select_reliable(
     near = model.near_cells(cfg.agree_radius_m)
     probs = model.module_probs(rss)
     stochastic = [model.module_probs(rss, mc_dropout=True) for _ in range(cfg.dropout_passes)]
-    chosen, counts = [], {"agree": [], "confident": [], "stable": []}
+    chosen: list[tuple[np.ndarray, np.ndarray]] = []
+    counts: dict[str, list[int]] = {"agree": [], "confident": [], "stable": []}
     for j in range(3):
         agree, label, conf = _agreed(probs, j, near)
         confident = agree & (conf > sigma)

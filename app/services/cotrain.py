@@ -24,7 +24,7 @@ from app.services.codec import wifi_from_db
 from app.services.jobs import JobContext, JobFailed, ProgressReporter, create_job, finish_job
 from app.services.registry import activate, publish_version
 from app.services.training import load_site_fingerprints
-from ml.cotrain import CotrainConfig
+from ml.cotrain import CotrainConfig, holdout_guard
 from ml.data.features import FingerprintSet, build_set
 from ml.evaluate import metrics as score
 from ml.models import get_model_class
@@ -272,17 +272,4 @@ def _judge(before: dict[str, Any] | None, after: dict[str, Any] | None, tol: flo
         return True, "promoted without the holdout guard (guard disabled for this job)"
     if before is None or after is None:
         return False, "rejected: the active version has no labeled holdout to judge an update on"
-    limit = before["mean_m"] * (1 + tol)
-    if after["mean_m"] > limit:
-        return False, (
-            f"rejected: holdout mean error {after['mean_m']:.2f} m is worse than the active version's "
-            f"{before['mean_m']:.2f} m beyond the {tol:.0%} tolerance"
-        )
-    if after["floor_hit"] < before["floor_hit"] - tol:
-        return False, (
-            f"rejected: holdout floor hit {after['floor_hit']:.3f} fell below the active version's "
-            f"{before['floor_hit']:.3f} beyond the tolerance"
-        )
-    return True, (
-        f"promoted: holdout mean error {after['mean_m']:.2f} m vs {before['mean_m']:.2f} m (tolerance {tol:.0%})"
-    )
+    return holdout_guard(before, after, tol)

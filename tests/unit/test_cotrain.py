@@ -114,3 +114,18 @@ def test_near_cells_and_radius_zero_is_the_papers_exact_cell_test(setting: tuple
     probs[:, 1, :2] = [[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]]  # they disagree on row 1
     agree, label, conf = _agreed(probs, 2, exact)
     assert agree.tolist() == [True, False] and label[0] == 0 and conf[0] == pytest.approx(0.8)
+
+
+def test_holdout_guard_allows_the_tolerance_and_no_more() -> None:
+    from ml.cotrain import holdout_guard
+
+    before = {"mean_m": 10.0, "floor_hit": 0.95}
+    assert holdout_guard(before, {"mean_m": 10.19, "floor_hit": 0.95}, 0.02)[0]  # within 2%
+    ok, reason = holdout_guard(before, {"mean_m": 10.21, "floor_hit": 0.99}, 0.02)
+    assert not ok and "mean error 10.21" in reason
+    ok, reason = holdout_guard(before, {"mean_m": 9.0, "floor_hit": 0.92}, 0.02)
+    assert not ok and "floor hit" in reason  # better position does not excuse losing floors
+    assert holdout_guard(before, {"mean_m": 9.0, "floor_hit": 0.94}, 0.02) == (
+        True,
+        "promoted: holdout mean error 9.00 m vs 10.00 m (tolerance 2%)",
+    )
