@@ -121,7 +121,7 @@ def ilc_site_split(data_dir: Path, site: str, floors: list[str], args: argparse.
 
 
 def _fraction_suffix(args: argparse.Namespace) -> str:
-    suffix = "_time" if getattr(args, "split", "path") == "time" else ""
+    suffix = "_time" if args.split == "time" else ""
     return suffix + ("" if args.train_fraction >= 1.0 else f"_train{args.train_fraction:g}")
 
 
@@ -398,6 +398,12 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     common.add_argument("--tag", default="", help="suffix for output names, e.g. 'baseline'")
     common.add_argument("--test-fraction", type=float, default=0.25, help="ILC: fraction of paths held out")
     common.add_argument("--train-fraction", type=float, default=1.0, help="ILC: fraction of training paths used")
+    common.add_argument(
+        "--split",
+        choices=("path", "time"),
+        default="path",
+        help="ILC: path = seeded random paths to test; time = the latest --test-fraction of the paths (cross-time)",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="training progress on stderr")
 
     parser = argparse.ArgumentParser(prog=prog, description="Benchmarks: metrics JSON + error-CDF PNG per run.")
@@ -410,12 +416,6 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
         default="B1",
         help="a floor (B1, F1, ...); 'all' = each floor in turn, then all floors together (floor "
         "classification); 'together' = only the all-floors run",
-    )
-    ilc.add_argument(
-        "--split",
-        choices=("path", "time"),
-        default="path",
-        help="path: seeded random paths to test; time: the latest --test-fraction of the paths (cross-time)",
     )
     sub.add_parser("detect", parents=[common], help="site detection across UJI and the ILC sites")
     args = parser.parse_args(list(argv))

@@ -392,3 +392,12 @@ def test_bench_uji_on_the_fixtures_writes_metrics_and_cdf(tmp_path: Path) -> Non
 def test_bench_reports_a_missing_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main(["uji", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "data directory not found" in capsys.readouterr().err
+
+
+def test_every_bench_subcommand_parses_the_ilc_options() -> None:
+    """`detect` builds ILC site splits too, so it must carry --split like `ilc` (it crashed without it)."""
+    from ml.bench import parse_args
+
+    for sub in ("uji", "ilc", "detect"):
+        assert parse_args([sub], "siteloc bench").split == "path"
+    assert parse_args(["ilc", "--split", "time"], "siteloc bench").split == "time"
