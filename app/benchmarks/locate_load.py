@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     full = bool(args.database_url and args.redis_url)
     env = {"SITELOC_DATABASE_URL": args.database_url, "SITELOC_REDIS_URL": args.redis_url} if full else {}
+    if full:  # `siteloc serve` migrates only its embedded SQLite file; a full stack runs `siteloc db upgrade` first
+        from app.migrate import upgrade
+
+        upgrade(args.database_url)
     with tempfile.TemporaryDirectory(prefix="siteloc-load-") as tmp:
         train_csv, queries = _prepare_data(zpath, Path(tmp))
         worker = _start_worker(env, Path(tmp)) if full else None
