@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="siteloc-load-") as tmp:
         train_csv, queries = _prepare_data(zpath, Path(tmp))
         worker = _start_worker(env, Path(tmp)) if full else None
-        server = Server(env=env, workers=args.workers if full else 1)
-        try:
+        server = None
+        try:  # the worker is stopped even when the server fails to start
+            server = Server(env=env, workers=args.workers if full else 1)
             site = _setup_site(server, train_csv)
             bodies = [json.dumps({"site_id": site, "wifi": q["wifi"]}) for q in queries]
             sequential = _sequential_latency(server, bodies[:300])
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             after = _queries(server, site)
             rss = server.tree_rss_mib()
         finally:
-            server.stop()
+            if server is not None:
+                server.stop()
             if worker is not None:
                 worker.terminate()
                 worker.wait(timeout=30)
