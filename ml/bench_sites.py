@@ -24,6 +24,7 @@ ILC_SITES = ("ilc_site1", "ilc_site2")
 ALL_SITES = UJI_SITES + ILC_SITES
 _NONE = "\x1fNone\x1f"  # None in cached string columns (numpy strips trailing NULs)
 _OBJECT_COLUMNS = ("floor", "building", "path", "device", "user")
+_NOT_CACHED = ("aps", "sensors")  # scan sets (what this module caches) carry no sensor windows
 
 
 @dataclass
@@ -102,7 +103,7 @@ def _save_cached(cache_dir: Path, key: str, train: FingerprintSet, test: Fingerp
     out: dict[str, np.ndarray] = {"aps": np.array(train.aps, dtype=str)}
     for part, fs in (("train", train), ("test", test)):
         for f in fields(fs):
-            if f.name == "aps":
+            if f.name in _NOT_CACHED:
                 continue
             col = getattr(fs, f.name)
             if f.name in _OBJECT_COLUMNS:
@@ -123,7 +124,7 @@ def _load_cached(cache_dir: Path, key: str) -> tuple[FingerprintSet, Fingerprint
         for part in ("train", "test"):
             cols = {}
             for f in fields(FingerprintSet):
-                if f.name == "aps":
+                if f.name in _NOT_CACHED:
                     continue
                 col = z[f"{part}.{f.name}"]
                 if f.name in _OBJECT_COLUMNS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,8 @@ class FingerprintSet:
     device: np.ndarray  # (n,) object: str or None
     user: np.ndarray  # (n,) object: str or None
     timestamp: np.ndarray  # (n,) int64 unix ms, -1 = unknown
+    # (n,) object: each row's `SensorData` window or None; None for the whole set = no row has one
+    sensors: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.rss.shape[0])
@@ -35,7 +38,7 @@ class FingerprintSet:
     def subset(self, idx: np.ndarray | Sequence[int]) -> FingerprintSet:
         """Rows `idx` (indices or a boolean mask), same AP columns."""
         idx = np.asarray(idx)
-        kwargs = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name != "aps"}
+        kwargs: dict[str, Any] = {f.name: _rows(getattr(self, f.name), idx) for f in fields(self) if f.name != "aps"}
         return FingerprintSet(aps=list(self.aps), **kwargs)
 
     def fresh_rss(self, max_age_ms: float | None) -> np.ndarray:
@@ -66,6 +69,10 @@ class FingerprintSet:
     def floor_key(self) -> np.ndarray:
         """Building-qualified floor labels ("b|f"), unique across buildings."""
         return np.array([f"{b or ''}|{f}" for b, f in zip(self.building, self.floor, strict=True)], dtype=object)
+
+
+def _rows(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if a is None else a[idx]
 
 
 def ap_vocabulary(fps: Iterable[Fingerprint], min_count: int = 1) -> list[str]:
@@ -116,4 +123,13 @@ def build_set(fps: Sequence[Fingerprint], aps: Sequence[str] | None = None) -> F
         device=np.array([fp.device for fp in fps], dtype=object),
         user=np.array([fp.user for fp in fps], dtype=object),
         timestamp=np.array([-1 if fp.timestamp is None else fp.timestamp for fp in fps], dtype=np.int64),
+        sensors=_sensor_column(fps),
     )
+
+
+def _sensor_column(fps: Sequence[Fingerprint]) -> np.ndarray | None:
+    if not any(fp.sensors is not None for fp in fps):
+        return None
+    out = np.empty(len(fps), dtype=object)
+    out[:] = [fp.sensors for fp in fps]
+    return out

@@ -12,6 +12,7 @@ _MODELS: dict[str, str] = {
     "itoloc": "ml.models.itoloc:ITOLOC",
     "dnn": "ml.models.fpmodel:DNN",
     "cnnloc": "ml.models.fpmodel:CNNLoc",
+    "mtloc": "ml.models.mtloc:MTLoc",
 }
 
 

@@ -40,7 +40,8 @@ class QueryBatch:
 
     @classmethod
     def from_set(cls, fs: FingerprintSet) -> QueryBatch:
-        return cls(rss=fs.rss, age_ms=fs.age_ms, device=list(fs.device))
+        sensors = None if fs.sensors is None else list(fs.sensors)
+        return cls(rss=fs.rss, age_ms=fs.age_ms, sensors=sensors, device=list(fs.device))
 
 
 @dataclass
@@ -56,6 +57,9 @@ class LocModel(ABC):
     # After the holdout has scored the model, retrain on train + holdout for serving? Models that
     # are later updated by co-training keep the holdout unseen so updates can be judged on it.
     refit_with_holdout: ClassVar[bool] = True
+    # What the finetune job trains it on: the survey's WiFi scans, or its sensor windows (each with the
+    # latest scan at or before the window's end).
+    trains_on: ClassVar[str] = "scans"
     aps: list[str]
 
     @classmethod
@@ -70,6 +74,12 @@ class LocModel(ABC):
         device: str = "cpu",
     ) -> LocModel:
         """Train on `train`; `params` overrides the model's config defaults."""
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Raise ValueError naming the problem when `params` cannot train this model (checked before queueing a
+        job). The default accepts anything: such models report bad params when the job runs."""
+        return None
 
     @abstractmethod
     def predict(self, batch: QueryBatch) -> Prediction: ...
