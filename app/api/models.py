@@ -13,11 +13,13 @@ from app.services import sites as sites_svc
 router = APIRouter(tags=["models"])
 
 _METRIC_KEYS = ("mean_m", "median_m", "p95_m", "floor_hit")
+# Internal bookkeeping (row ids of the survey holdout), not shown in the API.
+HIDDEN_TRAINING_KEYS = ("holdout_fingerprint_ids", "holdout_window_ids")
 
 
 def version_out(mv: ModelVersion) -> ModelVersionOut:
     metrics = {k: None for k in _METRIC_KEYS} | dict(mv.metrics or {})
-    training = {k: v for k, v in (mv.training or {}).items() if k != "holdout_fingerprint_ids"}
+    training = {k: v for k, v in (mv.training or {}).items() if k not in HIDDEN_TRAINING_KEYS}
     return ModelVersionOut(
         version=mv.version,
         model=mv.model,

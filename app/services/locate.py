@@ -62,7 +62,7 @@ class Locator:
         lm = self._model_for(q, principal, where)
         rss, age, known = self._row(q, lm)
         sensors = sensors_from_api(q.sensors.model_dump()) if q.sensors else None
-        if known == 0:
+        if known == 0 and not (sensors is not None and lm.model.trains_on == "windows"):
             if not q.wifi:
                 raise Invalid(f"{where}site {lm.site_id!r}'s active model ({lm.name}) needs a WiFi scan")
             raise Invalid(

@@ -10,15 +10,21 @@ import numpy as np
 from sqlalchemy import select
 
 from app.errors import Conflict, Invalid, NotAvailable
-from app.models import Job, Site, SurveyFingerprint
+from app.models import Job, Site, SurveyFingerprint, Window
 from app.schemas.api import FinetuneIn
 from app.security import Principal
-from app.services.codec import wifi_from_db
+from app.services.codec import unpack_sensors, wifi_from_db
 from app.services.jobs import JobContext, JobFailed, ProgressReporter, create_job, finish_job
 from app.services.registry import publish_version
 from app.services.sites import get_site
 from app.services.surveys import site_vocabulary
-from app.services.transfer import TRANSFER_STRATEGIES, fit_with_transfer, source_artifacts
+from app.services.transfer import (
+    MTLOC_STRATEGIES,
+    TRANSFER_STRATEGIES,
+    fit_with_transfer,
+    mtloc_imu_artifact,
+    source_artifacts,
+)
 from ml.data.features import FingerprintSet, build_set
 from ml.data.splits import split_by_group, train_fraction_subset
 from ml.evaluate import metrics as score
@@ -30,8 +36,13 @@ from ml.types import Fingerprint
 
 log = logging.getLogger(__name__)
 
-# Transfer strategies per model (ml.transfer); everything else trains with strategy "scratch" only.
-TRANSFER: dict[str, tuple[str, ...]] = {"dnn": TRANSFER_STRATEGIES, "cnnloc": TRANSFER_STRATEGIES}
+# Transfer strategies per model (ml.transfer; mtloc's IMU-LSTM in ml.models.mtloc); everything else trains
+# with strategy "scratch" only.
+TRANSFER: dict[str, tuple[str, ...]] = {
+    "dnn": TRANSFER_STRATEGIES,
+    "cnnloc": TRANSFER_STRATEGIES,
+    "mtloc": MTLOC_STRATEGIES,
+}
 
 
 def request_finetune(s: Any, *, site: Site, body: FinetuneIn, principal: Principal | None = None) -> Job:
@@ -43,9 +54,18 @@ def request_finetune(s: Any, *, site: Site, body: FinetuneIn, principal: Princip
             f"model {body.model!r} is not available in this build yet; available: {', '.join(available_models())}"
         ) from None
     _check_strategy(s, site, body, principal)
+    try:
+        get_model_class(body.model).check_params({k: v for k, v in body.params.items() if k != "holdout_fraction"})
+    except ValueError as exc:
+        raise Invalid(f"params: {exc}") from None
     has_data = s.scalar(select(SurveyFingerprint.id).where(SurveyFingerprint.site_id == site.id).limit(1))
     if has_data is None:
         raise Conflict(f"site {site.id!r} has no survey fingerprints yet; POST /sites/{site.id}/surveys first")
+    if get_model_class(body.model).trains_on == "windows" and not _has_windows(s, site.id):
+        raise Conflict(
+            f"model {body.model!r} trains on sensor windows and site {site.id!r} has none; upload a survey whose "
+            "fingerprints carry 'sensors', or an ilc2020 trace archive"
+        )
     params = body.model_dump(mode="json")
     return create_job(s, kind="finetune", site_id=site.id, params=params)
 
@@ -69,6 +89,12 @@ def _check_strategy(s: Any, site: Site, body: FinetuneIn, principal: Principal |
         get_site(s, source)
         if s.scalar(select(SurveyFingerprint.id).where(SurveyFingerprint.site_id == source).limit(1)) is None:
             raise Conflict(f"source site {source!r} has no survey fingerprints to transfer from")
+        if get_model_class(body.model).trains_on == "windows" and not _has_windows(s, source):
+            raise Conflict(f"source site {source!r} has no sensor windows to pretrain the IMU-LSTM on")
+
+
+def _has_windows(s: Any, site_id: str) -> bool:
+    return s.scalar(select(Window.id).where(Window.site_id == site_id).limit(1)) is not None
 
 
 def load_site_fingerprints(s: Any, site_id: str) -> list[Fingerprint]:
@@ -97,6 +123,50 @@ def load_site_fingerprints(s: Any, site_id: str) -> list[Fingerprint]:
     ]
 
 
+def load_site_windows(s: Any, site_id: str) -> list[Fingerprint]:
+    """The site's sensor windows, each with its WiFi scan (the referenced survey scan, or its own copy)."""
+    scan = SurveyFingerprint.__table__.alias("scan")
+    rows = s.execute(
+        select(
+            Window.wifi,
+            scan.c.wifi,
+            Window.sensors,
+            Window.x,
+            Window.y,
+            Window.floor,
+            Window.building,
+            Window.device,
+            Window.timestamp,
+            Window.path,
+            Window.id,
+        )
+        .outerjoin(scan, scan.c.id == Window.fingerprint_id)
+        .where(Window.site_id == site_id)
+        .order_by(Window.id)
+        .execution_options(yield_per=5000)
+    )
+    return [
+        Fingerprint(
+            wifi=wifi_from_db(own if own is not None else ref),
+            x=x,
+            y=y,
+            floor=f,
+            building=b,
+            device=d,
+            timestamp=t,
+            path=p,
+            sensors=unpack_sensors(blob),
+            extra={"id": i},
+        )
+        for own, ref, blob, x, y, f, b, d, t, p, i in rows
+    ]
+
+
+def load_training_rows(s: Any, site_id: str, cls: type[LocModel]) -> list[Fingerprint]:
+    """What `cls` trains on: the site's survey scans, or its sensor windows."""
+    return load_site_windows(s, site_id) if cls.trains_on == "windows" else load_site_fingerprints(s, site_id)
+
+
 def split_holdout(fs: FingerprintSet, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Hold out whole paths (or rows when the survey has no paths); none when too small to spare."""
     n = len(fs)
@@ -116,10 +186,10 @@ def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[
         raise JobFailed("params.holdout_fraction must be in [0, 1)")
     progress(0.0, "loading survey")
     with ctx.db.session() as s:
-        fps = load_site_fingerprints(s, site_id)
+        fps = load_training_rows(s, site_id, cls)
         vocab = site_vocabulary(s, site_id)
     if not fps:
-        raise JobFailed("the site has no survey fingerprints")
+        raise JobFailed(f"the site has no survey {'sensor windows' if cls.trains_on == 'windows' else 'fingerprints'}")
     seed_everything(body.seed)
     full = build_set(fps, aps=vocab)
     train_idx, hold_idx = split_holdout(full, holdout_fraction, body.seed)
@@ -134,7 +204,9 @@ def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[
     strategy = body.strategy or "scratch"
     transfer: dict[str, Any] | None = None
     t0 = time.perf_counter()
-    if strategy in TRANSFER_STRATEGIES:
+    if body.model == "mtloc" and strategy in MTLOC_STRATEGIES and strategy != "scratch":
+        model, transfer = _fit_mtloc_transfer(ctx, job, body, train, params, progress)
+    elif strategy in TRANSFER_STRATEGIES:
         model, transfer = _fit_transfer(ctx, job, body, train, params, progress)
     else:
         model = _fit(cls, train, params, body.seed, progress.span(0.05, 0.85), ctx.device)
@@ -148,6 +220,7 @@ def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[
     progress(0.96, "storing the model")
     weights, config = dumps(model)
     hold_ids = [fps[i].extra["id"] for i in hold_idx]
+    rows_kind = "window" if cls.trains_on == "windows" else "fingerprint"
     training = {
         "job_id": job.id,
         "seed": body.seed,
@@ -159,7 +232,8 @@ def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[
         "n_train": len(train_idx),
         "n_holdout": len(hold_idx),
         "refit_with_holdout": refit,
-        "holdout_fingerprint_ids": hold_ids,
+        f"holdout_{rows_kind}_ids": hold_ids,
+        "trained_on": cls.trains_on,
         "n_aps": len(model.aps),
         "train_time_s": round(train_time, 3),
         "device": ctx.device,
@@ -242,6 +316,49 @@ def _fit_transfer(
     except (ValueError, KeyError, TypeError) as exc:
         raise JobFailed(f"{body.model} {strategy} transfer failed: {exc}") from exc
     return model, {"artifacts": notes, "report": report}
+
+
+def _fit_mtloc_transfer(
+    ctx: JobContext,
+    job: Job,
+    body: FinetuneIn,
+    train: FingerprintSet,
+    params: dict[str, Any],
+    progress: ProgressReporter,
+) -> tuple[LocModel, dict[str, Any]]:
+    """The IMU-LSTM pretrained on the source sites' windows (reused or built), then MTLoc with it frozen or
+    trainable."""
+    from ml.models.mtloc import MTLoc
+
+    strategy = body.strategy or "scratch"
+
+    def load_set(site_id: str) -> FingerprintSet:
+        with ctx.db.session() as s:
+            return build_set(load_site_windows(s, site_id), aps=[])
+
+    try:
+        artifact, note = mtloc_imu_artifact(
+            ctx.db,
+            sources=list(body.transfer_from or []),
+            params=params,
+            seed=body.seed,
+            device=ctx.device,
+            job_id=job.id,
+            progress=progress.span(0.05, 0.4),
+            load_set=load_set,
+        )
+        model = MTLoc.fit(
+            train,
+            params,
+            seed=body.seed,
+            progress=progress.span(0.4, 0.9),
+            device=ctx.device,
+            imu_source=artifact,
+            strategy=strategy,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise JobFailed(f"mtloc {strategy} transfer failed: {exc}") from exc
+    return model, {"artifacts": [note], "report": {"strategy": strategy, "sources": note["sites"]}}
 
 
 def _transfer_brief(transfer: dict[str, Any]) -> dict[str, Any]:

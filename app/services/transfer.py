@@ -16,6 +16,7 @@ from ml.models.base import LocModel
 
 log = logging.getLogger(__name__)
 TRANSFER_STRATEGIES = ("encoder", "msta")
+MTLOC_STRATEGIES = ("scratch", "frozen", "finetune")  # ml.models.mtloc: the IMU-LSTM from the sources
 
 
 def _artifact_keys(strategy: str, sources: list[str]) -> list[list[str]]:
@@ -47,18 +48,7 @@ def source_artifacts(
     for i, sites in enumerate(keys):
         key = ",".join(sites)
         span = progress.span(i / len(keys), (i + 1) / len(keys))
-        with db.session() as s:
-            newest_survey = s.scalar(select(func.max(Survey.created_at)).where(Survey.site_id.in_(sites)))
-            row = s.scalar(
-                select(SourceArtifact)
-                .where(
-                    SourceArtifact.model == model, SourceArtifact.strategy == strategy, SourceArtifact.sites_key == key
-                )
-                .order_by(SourceArtifact.id.desc())
-                .limit(1)
-            )
-            fresh = row is not None and (newest_survey is None or _aware(row.created_at) >= _aware(newest_survey))
-            cached = (row.blob, row.config, row.id) if fresh and row is not None else None
+        cached = _fresh_artifact(db, model, strategy, sites)
         if cached is not None:
             out.append(Artifact.loads(cached[0], cached[1]))
             notes.append({"sites": sites, "artifact_id": cached[2], "built": False})
@@ -70,13 +60,74 @@ def source_artifacts(
             model, strategy, site_sets, params, source_models=source_models, seed=seed, progress=span, device=device
         )
         blob, config = art.dumps()
-        with db.session() as s:
-            rec = SourceArtifact(model=model, strategy=strategy, sites_key=key, config=config, blob=blob, job_id=job_id)
-            s.add(rec)
-            s.flush()
-            notes.append({"sites": sites, "artifact_id": rec.id, "built": True})
+        notes.append({"sites": sites, "artifact_id": _store_artifact(db, model, strategy, sites, blob, config, job_id)})
+        notes[-1]["built"] = True
         out.append(art)
     return out, notes
+
+
+def _fresh_artifact(db: Database, model: str, strategy: str, sites: list[str]) -> tuple[bytes, Any, int] | None:
+    """(blob, config, id) of the newest stored artifact for these sites, unless one of their surveys is newer."""
+    key = ",".join(sites)
+    with db.session() as s:
+        newest_survey = s.scalar(select(func.max(Survey.created_at)).where(Survey.site_id.in_(sites)))
+        row = s.scalar(
+            select(SourceArtifact)
+            .where(SourceArtifact.model == model, SourceArtifact.strategy == strategy, SourceArtifact.sites_key == key)
+            .order_by(SourceArtifact.id.desc())
+            .limit(1)
+        )
+        fresh = row is not None and (newest_survey is None or _aware(row.created_at) >= _aware(newest_survey))
+        return (row.blob, row.config, row.id) if fresh and row is not None else None
+
+
+def _store_artifact(
+    db: Database, model: str, strategy: str, sites: list[str], blob: bytes, config: Any, job_id: str
+) -> int:
+    with db.session() as s:
+        rec = SourceArtifact(
+            model=model, strategy=strategy, sites_key=",".join(sites), config=config, blob=blob, job_id=job_id
+        )
+        s.add(rec)
+        s.flush()
+        return int(rec.id)
+
+
+def mtloc_imu_artifact(
+    db: Database,
+    *,
+    sources: list[str],
+    params: dict[str, Any],
+    seed: int,
+    device: str,
+    job_id: str,
+    progress: ProgressReporter,
+    load_set: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """MTLoc's IMU-LSTM pretrained on all `sources` together: the stored one when none of their surveys changed
+    since and it was made with the same pretraining settings, else pretrained now and stored. Both `frozen`
+    and `finetune` use it."""
+    from ml.models.mtloc import ImuArtifact, MTLocConfig, pretrain_imu
+
+    sites = sorted(set(sources))
+    cfg = MTLocConfig.parse(params)
+    want = {
+        "target": cfg.pretrain_target,
+        "imu_hidden": cfg.imu_hidden,
+        "steps": cfg.steps,
+        "rate_hz": cfg.rate_hz,
+        "epochs": cfg.pretrain_epochs,
+        "lr": cfg.pretrain_lr,
+        "seed": seed,
+    }
+    cached = _fresh_artifact(db, "mtloc", "imu-lstm", sites)
+    if cached is not None and all(cached[1].get(k) == v for k, v in want.items()):
+        return ImuArtifact.loads(cached[0], cached[1]), {"sites": sites, "artifact_id": cached[2], "built": False}
+    progress(0.0, f"pretraining the IMU-LSTM on {', '.join(sites)}")
+    art = pretrain_imu({sid: load_set(sid) for sid in sites}, params, seed=seed, progress=progress, device=device)
+    blob, config = art.dumps()
+    art_id = _store_artifact(db, "mtloc", "imu-lstm", sites, blob, config, job_id)
+    return art, {"sites": sites, "artifact_id": art_id, "built": True}
 
 
 def _source_models(db: Database, sites: list[str], model: str, device: str) -> dict[str, LocModel]:

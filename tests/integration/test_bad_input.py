@@ -123,9 +123,13 @@ def test_bad_survey_keeps_nothing(api: Api) -> None:
     assert _counts(api, site_id)["fingerprints"] == 0
 
 
-def test_models_not_in_this_build_are_a_clear_4xx(api: Api, site: str) -> None:
+def test_models_and_strategies_a_site_cannot_use_are_a_clear_4xx(api: Api, site: str) -> None:
     r = api.post(f"/sites/{site}/finetune", json={"model": "mtloc"}, headers=ADMIN)
-    assert r.status_code == 422 and "mtloc" in r.json()["detail"] and "not available" in r.json()["detail"]
+    assert r.status_code == 409 and "sensor windows" in r.json()["detail"]
+    r = api.post(
+        f"/sites/{site}/finetune", json={"model": "dnn", "strategy": "frozen", "transfer_from": [site]}, headers=ADMIN
+    )
+    assert r.status_code == 422 and "frozen" in r.json()["detail"] and "mtloc" in r.json()["detail"]
     r = api.post(
         f"/sites/{site}/finetune", json={"model": "wknn", "strategy": "msta", "transfer_from": [site]}, headers=ADMIN
     )
