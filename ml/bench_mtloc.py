@@ -40,6 +40,7 @@ from ml.data.features import FingerprintSet, build_set
 from ml.data.ilc2020 import read_ilc_fingerprints, read_ilc_windows
 from ml.data.splits import split_by_group, train_fraction_subset
 from ml.models.base import LocModel, QueryBatch
+from ml.models.itoloc import ITOLOC
 from ml.models.mtloc import ImuArtifact, MTLoc, pretrain_imu
 from ml.models.wknn import WKNN
 from ml.types import SensorData
@@ -131,7 +132,7 @@ def coverage_bound(train_xy: np.ndarray, test_xy: np.ndarray) -> np.ndarray:
 
 
 def run_floor(
-    args: argparse.Namespace, site: str, floor: str, path: Path, art: ImuArtifact | None, log: Any
+    args: argparse.Namespace, site: str, floor: str, path: Path, arts: dict[str, ImuArtifact], log: Any
 ) -> dict[str, Any]:
     windows = list(read_ilc_windows(path, stride_ms=args.stride_ms))
     scans = list(read_ilc_fingerprints(path))
@@ -159,23 +160,36 @@ def run_floor(
     err, est = answer(wk, test)
     out["wknn"] = {**stats(err), "train_s": round(time.perf_counter() - t0, 1), "error_m_spearman": spearman(err, est)}
     log(f"  wknn: mean {err.mean():.2f} m")
-    jobs = [("scratch", f) for f in sorted(set(args.scratch_fractions))]
-    if art is not None:
-        jobs += [(s, f) for s in args.strategies for f in args.fractions]
-    for strategy, fraction in jobs:
+    if args.itoloc:
+        t0 = time.perf_counter()
+        it = ITOLOC.fit(wk_train, args.itoloc_params, seed=args.seed)
+        err, est = answer(it, test)
+        out["itoloc"] = {
+            **stats(err),
+            "train_s": round(time.perf_counter() - t0, 1),
+            "error_m_spearman": spearman(err, est),
+            "params": args.itoloc_params,
+        }
+        log(f"  itoloc: mean {err.mean():.2f} m")
+    jobs: list[tuple[str, str | None, float]] = [("scratch", None, f) for f in sorted(set(args.scratch_fractions))]
+    for target in arts:
+        fractions = args.fractions if target == args.pretrain_target else args.variant_fractions
+        jobs += [(s, target, f) for s in args.strategies for f in fractions]
+    for strategy, target, fraction in jobs:
         sub = train_all.subset(train_fraction_subset(train_all.path, fraction, args.seed))
         t0 = time.perf_counter()
         model = MTLoc.fit(
             sub,
             args.params,
             seed=args.seed,
-            imu_source=None if strategy == "scratch" else art,
+            imu_source=None if target is None else arts[target],
             strategy=strategy,
         )
         train_s = time.perf_counter() - t0
         err, est = answer(model, test)
         run: dict[str, Any] = {
-            "strategy": strategy,
+            "strategy": strategy if target in (None, args.pretrain_target) else f"{strategy} ({target})",
+            "pretrain_target": target,
             "fraction": fraction,
             "n_train_windows": len(sub),
             "train_s": round(train_s, 1),
@@ -186,12 +200,15 @@ def run_floor(
                 "error_m_median": round(float(np.median(est)), 3),
             },
         }
-        if fraction == 1.0 or (strategy == "scratch" and fraction in args.fractions):
+        if fraction == 1.0:
             for which in [[m] for m in MODALITIES] + [list(MODALITIES)]:
                 e2, est2 = answer(model, wiped(test, which, args.wipe, args.seed))
                 run["wipe_" + "+".join(which)] = {**stats(e2), "error_m_median": round(float(np.median(est2)), 3)}
         out["runs"].append(run)
-        log(f"  {strategy} {fraction:g}: mean {err.mean():.2f} m, median {np.median(err):.2f} m ({train_s:.0f} s)")
+        log(
+            f"  {run['strategy']} {fraction:g}: mean {err.mean():.2f} m, "
+            f"median {np.median(err):.2f} m ({train_s:.0f} s)"
+        )
     return out
 
 
@@ -211,6 +228,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="MTLoc epochs (default: the model's)")
     p.add_argument("--pretrain-epochs", type=int, default=None, help="IMU-LSTM pretraining epochs (default 100)")
     p.add_argument("--pretrain-target", choices=("position", "speed"), default="position")
+    p.add_argument(
+        "--variant",
+        choices=("position", "speed"),
+        default=None,
+        help="also pretrain on this target and run its frozen/finetune models at --variant-fractions",
+    )
+    p.add_argument("--variant-fractions", default="0.25,1")
+    p.add_argument("--itoloc", action="store_true", help="also train itoloc on the training paths' scans")
+    p.add_argument("--itoloc-params", type=json.loads, default={}, help="JSON object of itoloc params")
     p.add_argument("--params", type=json.loads, default={}, help="JSON object of extra mtloc params")
     p.add_argument("--wipe", type=float, default=0.4, help="Table VI: share of test windows losing a modality")
     p.add_argument("--seed", type=int, default=0)
@@ -219,8 +245,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.fractions = [float(v) for v in args.fractions.split(",") if v]
     args.scratch_fractions = [float(v) for v in args.scratch_fractions.split(",") if v]
+    args.variant_fractions = [float(v) for v in args.variant_fractions.split(",") if v]
     args.strategies = [s for s in args.strategies.split(",") if s]
-    if any(not 0 < f <= 1 for f in args.fractions + args.scratch_fractions):
+    if any(not 0 < f <= 1 for f in args.fractions + args.scratch_fractions + args.variant_fractions):
         p.error("fractions must be in (0, 1]")
     if any(s not in ("frozen", "finetune") for s in args.strategies):
         p.error("strategies: frozen, finetune")
@@ -249,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [f for f in floors if f not in targets]
     if missing:
         raise SystemExit(f"target floors not found: {missing}; have {sorted(targets)}")
-    art = None
+    arts: dict[str, ImuArtifact] = {}
     pretrain: dict[str, Any] = {}
     if args.strategies:
         sources = {}
@@ -257,16 +284,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             sources[f"{args.source}/{floor}"] = build_set(
                 list(read_ilc_windows(path, stride_ms=args.pretrain_stride_ms)), aps=[]
             )
-        log(f"pretraining the IMU-LSTM on {sum(len(s) for s in sources.values())} windows of {args.source}")
-        t0 = time.perf_counter()
-        art = pretrain_imu(sources, args.params, seed=args.seed)
-        pretrain = {
-            "train_s": round(time.perf_counter() - t0, 1),
-            **{k: art.config[k] for k in ("n_windows", "target", "epochs")},
-        }
-        pretrain["final_mse"] = art.config["loss"][-1]
+        targets_ = [args.pretrain_target] + ([args.variant] if args.variant not in (None, args.pretrain_target) else [])
+        for target in targets_:
+            n = sum(len(s) for s in sources.values())
+            log(f"pretraining the IMU-LSTM ({target}) on {n} windows of {args.source}")
+            t0 = time.perf_counter()
+            art = pretrain_imu(sources, {**args.params, "pretrain_target": target}, seed=args.seed)
+            pretrain[target] = {
+                "train_s": round(time.perf_counter() - t0, 1),
+                **{k: art.config[k] for k in ("n_windows", "target", "epochs")},
+                "first_mse": art.config["loss"][0],
+                "final_mse": art.config["loss"][-1],
+            }
+            arts[target] = art
+            log(
+                f"pretrained in {pretrain[target]['train_s']} s, "
+                f"mse {art.config['loss'][0]} -> {art.config['loss'][-1]}"
+            )
         del sources
-        log(f"pretrained in {pretrain['train_s']} s, final mse {pretrain['final_mse']}")
     command = shlex.join(["python", "-m", "ml.bench_mtloc", *argv])
     for floor in floors:
         result = {
@@ -278,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seed": args.seed,
             "source": args.source,
             "pretrain": pretrain,
-            **run_floor(args, args.target, floor, targets[floor], art, log),
+            **run_floor(args, args.target, floor, targets[floor], arts, log),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         path = args.out / f"{result['name']}.json"

@@ -8,7 +8,8 @@ Every table in the document sits between a marker line and `<!-- /bench-table --
     | ... generated ... |
     <!-- /bench-table -->
 
-KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`; each PATTERN is a glob under --bench-
+KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`, `mtloc_goal`, `mtloc_fractions`,
+`mtloc_wipe`; each PATTERN is a glob under --bench-
 out (in the order given; matches of one pattern sorted by name). The numbers are copied from the JSON files, never
 typed: re-run the command in a row, then this script, and the table follows. `--check` exits 1 when the document is
 not what the JSON files say (missing files are reported, not invented; a table none of whose files are here is left
@@ -306,7 +307,105 @@ def cotrain(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _mt_run(d: dict[str, Any], strategy: str, fraction: float) -> dict[str, Any] | None:
+    return next((r for r in d["runs"] if r["strategy"] == strategy and r["fraction"] == fraction), None)
+
+
+def _vs(value: Any, base: Any) -> str:
+    return "–" if value is None or not base else f"{100 * (value / base - 1):+.1f}%"
+
+
+def mtloc_goal(rows: list[dict[str, Any]]) -> list[str]:
+    """Per target floor: coverage bound, wknn and MTLoc on the same test windows, transfer vs scratch at 25%."""
+    head = [
+        "target floor",
+        "train paths / test paths (windows)",
+        "coverage bound mean / median (m)",
+        "wknn mean / median",
+        "MTLoc scratch 100% mean / median",
+        "MTLoc finetune 100% mean / median",
+        "best MTLoc vs wknn (mean)",
+        "25%: scratch / frozen / finetune mean",
+        "command",
+    ]
+    out = [_row(head), _row(["---", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "---"])]
+    for d in rows:
+        wk, cb = d["wknn"], d["coverage_bound"]
+        runs = {(r["strategy"], r["fraction"]): r["all"] for r in d["runs"]}
+        full = [runs[k]["mean_m"] for k in runs if k[1] == 1.0]
+        q = [runs.get((s, 0.25), {}).get("mean_m") for s in ("scratch", "frozen", "finetune")]
+        sc, ft = runs.get(("scratch", 1.0), {}), runs.get(("finetune", 1.0), {})
+        out.append(
+            _row(
+                [
+                    f"{d['site']} {d['floor']}",
+                    f"{d['n_train_paths']} / {d['n_test_paths']} ({_n(d['n_test_windows'])})",
+                    f"{_f(cb['mean_m'])} / {_f(cb['median_m'])}",
+                    f"{_f(wk['mean_m'])} / {_f(wk['median_m'])}",
+                    f"{_f(sc.get('mean_m'))} / {_f(sc.get('median_m'))}",
+                    f"{_f(ft.get('mean_m'))} / {_f(ft.get('median_m'))}",
+                    _vs(min(full) if full else None, wk["mean_m"]),
+                    " / ".join(_f(v) for v in q),
+                    _cmd(d),
+                ]
+            )
+        )
+    return out
+
+
+def mtloc_fractions(rows: list[dict[str, Any]]) -> list[str]:
+    """Paper 000 Table V layout: median / mean / std per strategy and share of the target's training paths."""
+    fractions = sorted({r["fraction"] for d in rows for r in d["runs"]})
+    head = ["target floor", "strategy", *[f"{f:.1%}".replace(".0%", "%") for f in fractions]]
+    out = [_row(head), _row(["---", "---", *["--:"] * len(fractions)])]
+    for d in rows:
+        for strategy in ("scratch", "frozen", "finetune"):
+            cells = []
+            for f in fractions:
+                r = _mt_run(d, strategy, f)
+                a = r["all"] if r else None
+                cells.append(f"{_f(a['median_m'])} / {_f(a['mean_m'])} / {_f(a['std_m'])}" if a else "")
+            if any(cells):
+                out.append(_row([f"{d['site']} {d['floor']}", strategy, *cells]))
+    return out
+
+
+def mtloc_wipe(rows: list[dict[str, Any]]) -> list[str]:
+    """Paper 000 Table VI layout: mean error (m) when a share of the test windows loses a modality."""
+    cases = ("wifi", "imu", "mag", "wifi+imu+mag")
+    head = [
+        "target floor",
+        "model (100% of training paths)",
+        "nothing wiped",
+        *[f"{c} wiped" for c in cases],
+        "median error_m: nothing / wifi wiped",
+        "error_m rank corr.",
+    ]
+    out = [_row(head), _row(["---", "---", *["--:"] * (len(cases) + 3)])]
+    for d in rows:
+        for strategy in ("scratch", "frozen", "finetune"):
+            r = _mt_run(d, strategy, 1.0)
+            if r is None or "wipe_wifi" not in r:
+                continue
+            out.append(
+                _row(
+                    [
+                        f"{d['site']} {d['floor']}",
+                        strategy,
+                        _f(r["all"]["mean_m"]),
+                        *[_f(r[f"wipe_{c}"]["mean_m"]) for c in cases],
+                        f"{_f(r['all']['error_m_median'])} / {_f(r['wipe_wifi']['error_m_median'])}",
+                        _f(r["all"].get("error_m_spearman")),
+                    ]
+                )
+            )
+    return out
+
+
 KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
+    "mtloc_goal": mtloc_goal,
+    "mtloc_fractions": mtloc_fractions,
+    "mtloc_wipe": mtloc_wipe,
     "cotrain": cotrain,
     "accuracy": accuracy,
     "latency": latency,

@@ -15,6 +15,11 @@ sensors only or a partial window still gets an answer; the log-sigma head is tra
 Gaussian likelihood of the (detached) position error and calibrated on validation paths under the
 same missing-modality patterns, so `error_m` grows when a modality is missing.
 
+Beyond the paper (`knn_blend`, on by default): a WiFi kNN (`wknn`, fitted on the distinct scans of the training
+windows) is blended with the network's position when the query has WiFi, with the weight that minimises the mean
+error on the validation paths (0 when the network alone is better). The paper's network is what the bench reports
+as `knn_blend=false`.
+
 Transfer (paper 000 sections IV-B..D): `pretrain_imu` trains an IMU-LSTM regressor on source sites'
 windows (Table IV: 1 layer, 128 units, RMSprop, lr 0.005) and returns it as an `ImuArtifact`;
 `MTLoc.fit(..., imu_source=art, strategy="frozen" | "finetune")` starts the IMU-LSTM from it, frozen
@@ -67,6 +72,7 @@ class MTLocConfig:
     weight_decay: float = 0.0
     modality_dropout: float = 0.25  # per modality and window, while training
     partial_rate: float = 0.1  # share of training windows cut to a random shorter span
+    ap_dropout: float = 0.0  # share of a training scan's heard APs hidden from the WiFi-DNN (beyond the paper)
     floor_weight: float = 1.0
     sigma_weight: float = 0.1
     val_fraction: float = 0.1  # validation paths: best epoch and error_m calibration
@@ -75,6 +81,10 @@ class MTLocConfig:
     pretrain_lr: float = 0.005  # Table IV, RMSprop
     pretrain_batch_size: int = 128
     pretrain_target: str = "position"  # "position" (paper) | "speed" (beyond the paper)
+    # Beyond the paper: blend the network's (x, y) with a WiFi kNN (ml.models.wknn, fitted on the survey's scans)
+    # as alpha * knn + (1 - alpha) * network when the query has WiFi; alpha is chosen on the validation paths
+    # (0 = the paper's network alone). False = never.
+    knn_blend: bool = True
 
     @classmethod
     def parse(cls, params: Mapping[str, Any] | None) -> MTLocConfig:
@@ -87,7 +97,7 @@ class MTLocConfig:
             raise ValueError("mtloc param steps must be >= 2")
         if cfg.epochs < 1 or cfg.pretrain_epochs < 1:
             raise ValueError("mtloc params epochs and pretrain_epochs must be >= 1")
-        for name in ("modality_dropout", "partial_rate"):
+        for name in ("modality_dropout", "partial_rate", "ap_dropout"):
             if not 0 <= getattr(cfg, name) < 1:
                 raise ValueError(f"mtloc param {name} must be in [0, 1)")
         if not 0 <= cfg.val_fraction < 0.5:
@@ -308,8 +318,16 @@ class MTLoc(LocModel):
         calibration: float = 1.0,
         info: dict[str, Any] | None = None,
         device: str = "cpu",
+        knn: LocModel | None = None,
+        alpha: float = 0.0,
+        net_aps: list[str] | None = None,
     ) -> None:
         self.aps = aps
+        self.net_aps = list(aps) if net_aps is None else net_aps
+        index = {b: i for i, b in enumerate(aps)}
+        self._net_cols = np.array([index[b] for b in self.net_aps], dtype=np.int64)
+        self.knn = knn
+        self.alpha = alpha
         self.floors = floors
         self.cfg = cfg
         self.norm = norm
@@ -346,9 +364,10 @@ class MTLoc(LocModel):
         if len(train) < 2:
             raise ValueError("mtloc needs at least 2 training windows")
         counts = (~np.isnan(train.rss)).sum(axis=0)
+        aps = [b for b, c in zip(train.aps, counts, strict=True) if c > 0]  # the kNN reads them all
         keep = np.argsort(-counts, kind="stable")[: min(cfg.n_aps, len(train.aps))]
         keep = np.sort(keep[counts[keep] > 0])
-        aps = [train.aps[i] for i in keep]
+        net_aps = [train.aps[i] for i in keep]  # the WiFi-DNN's input: the most-heard n_aps
         floors = sorted({(b, str(f)) for b, f in zip(train.building, train.floor, strict=True)}, key=_floor_order)
         center = train.xy.mean(axis=0)
         scale = max(float(train.xy.std()), 1.0)
@@ -362,7 +381,7 @@ class MTLoc(LocModel):
             norm = Norm.fit(feats, cov)
         dev = torch.device(device)
         torch.manual_seed(seed)
-        net = MTLocNet(len(aps), len(floors), cfg).to(dev)
+        net = MTLocNet(len(net_aps), len(floors), cfg).to(dev)
         if imu_source is not None:
             net.imu.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in imu_source.arrays.items()})
             if strategy == "frozen":
@@ -371,14 +390,16 @@ class MTLoc(LocModel):
         info = {"strategy": strategy, "n_train_windows": len(train)}
         if imu_source is not None:
             info["imu_source"] = {k: imu_source.config.get(k) for k in ("sites", "target", "n_windows", "epochs")}
-        model = cls(aps, floors, cfg, norm, center, scale, net, info=info, device=device)
+        model = cls(aps, floors, cfg, norm, center, scale, net, info=info, device=device, net_aps=net_aps)
         model._train(train, seed, progress)
         return model
 
     def _inputs(self, rss: np.ndarray, sensors: Any) -> Inputs:
-        wifi = powed(rss, self.cfg.min_rss)
+        """`rss` over `self.aps` -> the network's inputs (WiFi over `net_aps`)."""
+        net_rss = rss[:, self._net_cols]
+        wifi = powed(net_rss, self.cfg.min_rss)
         imu, mag, cov = sensor_inputs(sensors, len(rss), self.cfg, self.norm)
-        heard = (~np.isnan(rss)).any(axis=1).astype(np.float32)
+        heard = (~np.isnan(net_rss)).any(axis=1).astype(np.float32)
         return Inputs(wifi, imu, mag, np.concatenate([heard[:, None], cov], axis=1).astype(np.float32))
 
     def _train(self, train: FingerprintSet, seed: int, progress: ProgressFn) -> None:
@@ -413,7 +434,10 @@ class MTLoc(LocModel):
             for i in range(0, n, cfg.batch_size):
                 b = order[i : i + cfg.batch_size]
                 imu, mag, present = _augment(t["imu"][b], t["mag"][b], t["present"][b], cfg, gen)
-                pred, floor_logits, log_sigma = self.net(t["wifi"][b], imu, mag, present)
+                wifi = t["wifi"][b]
+                if cfg.ap_dropout > 0:
+                    wifi = wifi * (torch.rand(wifi.shape, generator=gen).to(dev) >= cfg.ap_dropout)
+                pred, floor_logits, log_sigma = self.net(wifi, imu, mag, present)
                 loss = _loss(pred, floor_logits, log_sigma, t["xy"][b], t["floor"][b], cfg, len(self.floors))
                 opt.zero_grad()
                 loss.backward()
@@ -441,13 +465,41 @@ class MTLoc(LocModel):
                 "n_params": n_params(self.net),
             }
         )
-        self.calibration = self._calibrate(data, val_idx if len(val_idx) else fit_idx, fs.xy, seed)
+        if cfg.knn_blend:
+            self._fit_blend(fs, fit_idx, val_idx, data, seed)
+        self.calibration = self._calibrate(fs, data, val_idx if len(val_idx) else fit_idx, seed)
+
+    def _fit_blend(self, fs: FingerprintSet, fit_idx: np.ndarray, val_idx: np.ndarray, data: Inputs, seed: int) -> None:
+        """Choose alpha on the validation paths with a kNN fitted on the fit paths; serve a kNN fitted on all."""
+        from ml.models.wknn import WKNN
+
+        wifi_rows = np.flatnonzero(~np.isnan(fs.rss).all(axis=1))
+        if len(distinct_scans(fs.subset(wifi_rows))) < 2:
+            return
+        alpha = 0.5  # too few paths to validate: an even blend
+        if len(val_idx):
+            fit_scans = distinct_scans(fs.subset(np.intersect1d(fit_idx, wifi_rows)))
+            val = np.intersect1d(val_idx, wifi_rows)
+            if len(fit_scans) >= 2 and len(val):
+                knn = WKNN.fit(fit_scans, {}, seed=seed)
+                knn_xy = knn.predict(QueryBatch(rss=_columns(fs.rss[val], self.aps, knn.aps))).xy
+                net_xy, _, _ = self._forward(_rows_of(data, val))
+                grid = np.linspace(0.0, 1.0, 11)
+                errs = [np.hypot(*(a * knn_xy + (1 - a) * net_xy - fs.xy[val]).T).mean() for a in grid]
+                alpha = float(grid[int(np.argmin(errs))])
+                self.info["blend_val_mean_m"] = {
+                    f"{a:.1f}": round(float(e), 3) for a, e in zip(grid, errs, strict=True)
+                }
+        self.alpha = alpha
+        if alpha > 0:
+            self.knn = WKNN.fit(distinct_scans(fs.subset(wifi_rows)), {}, seed=seed)
+        self.info["knn_alpha"] = alpha
 
     def _errors(self, data: Inputs, idx: np.ndarray, xy_true: np.ndarray) -> np.ndarray:
-        xy, _, _ = self._forward(Inputs(data.wifi[idx], data.imu[idx], data.mag[idx], data.present[idx]))
+        xy, _, _ = self._forward(_rows_of(data, idx))
         return np.hypot(*(xy - xy_true[idx]).T)
 
-    def _calibrate(self, data: Inputs, idx: np.ndarray, xy_true: np.ndarray, seed: int) -> float:
+    def _calibrate(self, fs: FingerprintSet, data: Inputs, idx: np.ndarray, seed: int) -> float:
         """One factor so that median error_m = median real error on `idx` over the missing-modality patterns
         (all present, each modality dropped, sensors only, WiFi only)."""
         rng = np.random.default_rng(seed)
@@ -460,11 +512,14 @@ class MTLoc(LocModel):
             if len(sub) == 0:
                 continue
             sub = rng.choice(sub, size=min(len(sub), 2000), replace=False)
-            p = data.present[sub].copy()
-            p[:, list(drop)] = 0.0
-            xy, _, sigma = self._forward(Inputs(data.wifi[sub], data.imu[sub], data.mag[sub], p))
+            inputs = _rows_of(data, sub)
+            inputs.present[:, list(drop)] = 0.0
+            rss = fs.rss[sub].copy()
+            if 0 in drop:
+                rss[:] = np.nan
+            xy, _, sigma = self._answer(inputs, rss)
             est.append(sigma * _RAYLEIGH_MEAN)
-            real.append(np.hypot(*(xy - xy_true[sub]).T))
+            real.append(np.hypot(*(xy - fs.xy[sub]).T))
         e, r = np.concatenate(est), np.concatenate(real)
         return float(np.median(r) / max(float(np.median(e)), 1e-6))
 
@@ -487,9 +542,20 @@ class MTLoc(LocModel):
         xy = np.concatenate(xs).astype(np.float64) * self.scale + self.center
         return xy, np.concatenate(fl), np.concatenate(sg).astype(np.float64) * self.scale
 
+    def _answer(self, data: Inputs, rss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The network's answer, blended with the kNN's where the query has WiFi."""
+        xy, p_floor, sigma = self._forward(data)
+        if self.knn is not None and self.alpha > 0 and len(rss):
+            has_wifi = ~np.isnan(rss).all(axis=1)
+            if has_wifi.any():
+                knn_rss = _columns(rss, self.aps, self.knn.aps)[has_wifi]
+                knn_xy = self.knn.predict(QueryBatch(rss=knn_rss)).xy
+                xy[has_wifi] = self.alpha * knn_xy + (1 - self.alpha) * xy[has_wifi]
+        return xy, p_floor, sigma
+
     def predict(self, batch: QueryBatch) -> Prediction:
         data = self._inputs(batch.rss, batch.sensors)
-        xy, p_floor, sigma = self._forward(data)
+        xy, p_floor, sigma = self._answer(data, batch.rss)
         best = p_floor.argmax(axis=1) if len(p_floor) else np.zeros(0, dtype=np.int64)
         floor = np.array([self.floors[i][1] for i in best], dtype=object)
         building = np.array([self.floors[i][0] for i in best], dtype=object)
@@ -499,11 +565,15 @@ class MTLoc(LocModel):
     # ------------------------------------------------------------ state
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        out = {k: v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        if self.knn is not None:
+            out.update({f"knn.{k}": v for k, v in self.knn.arrays().items()})
+        return out
 
     def config(self) -> dict[str, Any]:
         return {
             "aps": list(self.aps),
+            "net_aps": list(self.net_aps),
             "floors": [[b, f] for b, f in self.floors],
             "params": asdict(self.cfg),
             "norm": self.norm.to_json(),
@@ -511,14 +581,23 @@ class MTLoc(LocModel):
             "scale": float(self.scale),
             "calibration": float(self.calibration),
             "info": self.info,
+            "knn_alpha": float(self.alpha),
+            "knn": None if self.knn is None else self.knn.config(),
         }
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict[str, Any], device: str = "cpu") -> MTLoc:
         cfg = MTLocConfig.parse(config["params"])
         floors = [(b, str(f)) for b, f in config["floors"]]
-        net = MTLocNet(len(config["aps"]), len(floors), cfg)
-        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        net_aps = list(config.get("net_aps") or config["aps"])
+        net = MTLocNet(len(net_aps), len(floors), cfg)
+        net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items() if not k.startswith("knn.")})
+        knn = None
+        if config.get("knn") is not None:
+            from ml.models.wknn import WKNN
+
+            knn_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("knn.")}
+            knn = WKNN.from_state(knn_arrays, config["knn"])
         net.to(torch.device(device))
         return cls(
             list(config["aps"]),
@@ -531,10 +610,44 @@ class MTLoc(LocModel):
             calibration=float(config.get("calibration", 1.0)),
             info=dict(config.get("info") or {}),
             device=device,
+            knn=knn,
+            alpha=float(config.get("knn_alpha", 0.0)),
+            net_aps=net_aps,
         )
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def distinct_scans(fs: FingerprintSet) -> FingerprintSet:
+    """One row per distinct WiFi scan of each path (windows repeat their latest scan), labelled with the
+    earliest window that carries it: the position closest to when the scan was taken."""
+    order = np.lexsort((fs.timestamp, fs.path.astype(str)))
+    seen: set[tuple[object, bytes]] = set()
+    keep = []
+    for i in order:
+        row = fs.rss[i]
+        if np.isnan(row).all():
+            continue
+        key = (fs.path[i], np.nan_to_num(row, nan=1.0).tobytes())
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return fs.subset(np.sort(np.asarray(keep, dtype=np.int64)))
+
+
+def _rows_of(data: Inputs, idx: np.ndarray) -> Inputs:
+    return Inputs(data.wifi[idx], data.imu[idx], data.mag[idx], data.present[idx].copy())
+
+
+def _columns(rss: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
+    """(n, len(want)) RSS re-expressed from columns `have` (missing -> NaN)."""
+    index = {b: i for i, b in enumerate(have)}
+    src = np.array([index.get(b, -1) for b in want], dtype=np.int64)
+    out = np.full((len(rss), len(want)), np.nan, dtype=np.float32)
+    ok = src >= 0
+    out[:, ok] = rss[:, src[ok]]
+    return out
 
 
 def _floor_order(k: tuple[str | None, str]) -> tuple[str, str]:
