@@ -59,7 +59,12 @@ class FinetuneIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: ModelName = "wknn"
     transfer_from: list[str] | None = Field(default=None, max_length=50)
-    strategy: Strategy | None = None
+    strategy: Strategy | None = Field(
+        default=None,
+        description="Transfer from the sites in transfer_from: 'encoder' or 'msta' (dnn, cnnloc), 'frozen' or "
+        "'finetune' (mtloc: the IMU-LSTM pretrained on those sites' sensor windows, kept fixed or trained further). "
+        "Default 'scratch'",
+    )
     train_fraction: float | None = Field(
         default=None, gt=0, le=1, description="Use this fraction of the training paths (a seeded subset); default all"
     )
@@ -114,7 +119,11 @@ class LocateIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     site_id: str | None = Field(default=None, max_length=32, description="Omit to detect the site from the scan")
     wifi: list[WifiEntry] = Field(default_factory=list)
-    sensors: SensorWindowIn | None = None
+    sensors: SensorWindowIn | None = Field(
+        default=None,
+        description="About one second of motion sensors ending now; read by models trained on sensor windows "
+        "(mtloc), which also answer a query with sensors and no WiFi",
+    )
     device: str | None = Field(default=None, max_length=200)
     timestamp: int | None = Field(default=None, ge=0, description="unix milliseconds, when the scan was taken")
 
