@@ -316,15 +316,15 @@ def _vs(value: Any, base: Any) -> str:
 
 
 def mtloc_goal(rows: list[dict[str, Any]]) -> list[str]:
-    """Per target floor: coverage bound, wknn and MTLoc on the same test windows, transfer vs scratch at 25%."""
+    """Per target floor: coverage bound, wknn / itoloc and MTLoc on the same test windows, 25% budget."""
     head = [
         "target floor",
         "train paths / test paths (windows)",
         "coverage bound mean / median (m)",
         "wknn mean / median",
-        "MTLoc scratch 100% mean / median",
-        "MTLoc finetune 100% mean / median",
-        "best MTLoc vs wknn (mean)",
+        "itoloc mean",
+        "MTLoc scratch 100% mean / median (vs wknn)",
+        "MTLoc finetune 100% mean / median (vs wknn)",
         "25%: scratch / frozen / finetune mean",
         "command",
     ]
@@ -332,9 +332,12 @@ def mtloc_goal(rows: list[dict[str, Any]]) -> list[str]:
     for d in rows:
         wk, cb = d["wknn"], d["coverage_bound"]
         runs = {(r["strategy"], r["fraction"]): r["all"] for r in d["runs"]}
-        full = [runs[k]["mean_m"] for k in runs if k[1] == 1.0]
         q = [runs.get((s, 0.25), {}).get("mean_m") for s in ("scratch", "frozen", "finetune")]
-        sc, ft = runs.get(("scratch", 1.0), {}), runs.get(("finetune", 1.0), {})
+        cells = []
+        for strategy in ("scratch", "finetune"):
+            r = runs.get((strategy, 1.0), {})
+            vs = _vs(r.get("mean_m"), wk["mean_m"])
+            cells.append(f"{_f(r.get('mean_m'))} / {_f(r.get('median_m'))} ({vs})" if r else "–")
         out.append(
             _row(
                 [
@@ -342,9 +345,8 @@ def mtloc_goal(rows: list[dict[str, Any]]) -> list[str]:
                     f"{d['n_train_paths']} / {d['n_test_paths']} ({_n(d['n_test_windows'])})",
                     f"{_f(cb['mean_m'])} / {_f(cb['median_m'])}",
                     f"{_f(wk['mean_m'])} / {_f(wk['median_m'])}",
-                    f"{_f(sc.get('mean_m'))} / {_f(sc.get('median_m'))}",
-                    f"{_f(ft.get('mean_m'))} / {_f(ft.get('median_m'))}",
-                    _vs(min(full) if full else None, wk["mean_m"]),
+                    _f((d.get("itoloc") or {}).get("mean_m")),
+                    *cells,
                     " / ".join(_f(v) for v in q),
                     _cmd(d),
                 ]
@@ -353,13 +355,17 @@ def mtloc_goal(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _strategies(d: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(r["strategy"] for r in d["runs"]))
+
+
 def mtloc_fractions(rows: list[dict[str, Any]]) -> list[str]:
     """Paper 000 Table V layout: median / mean / std per strategy and share of the target's training paths."""
     fractions = sorted({r["fraction"] for d in rows for r in d["runs"]})
     head = ["target floor", "strategy", *[f"{f:.1%}".replace(".0%", "%") for f in fractions]]
     out = [_row(head), _row(["---", "---", *["--:"] * len(fractions)])]
     for d in rows:
-        for strategy in ("scratch", "frozen", "finetune"):
+        for strategy in _strategies(d):
             cells = []
             for f in fractions:
                 r = _mt_run(d, strategy, f)
@@ -383,7 +389,7 @@ def mtloc_wipe(rows: list[dict[str, Any]]) -> list[str]:
     ]
     out = [_row(head), _row(["---", "---", *["--:"] * (len(cases) + 3)])]
     for d in rows:
-        for strategy in ("scratch", "frozen", "finetune"):
+        for strategy in _strategies(d):
             r = _mt_run(d, strategy, 1.0)
             if r is None or "wipe_wifi" not in r:
                 continue

@@ -119,3 +119,30 @@ def test_bad_params_and_strategies_are_refused(windows) -> None:
     no_sensors = build_set([])
     with pytest.raises(ValueError, match="sensor windows"):
         pretrain_imu({"src": no_sensors}, TINY)
+
+
+def test_bench_runs_the_table_layouts_and_the_report_renders_them(tmp_path: Path) -> None:
+    """`python -m ml.bench_mtloc` end to end on the fixture trace archive (as both source and target site)."""
+    import json
+
+    from ml.bench_mtloc import main
+    from ml.bench_report import render
+
+    for site in ("src", "dst"):
+        (tmp_path / "ilc2020" / site).mkdir(parents=True)
+        (tmp_path / "ilc2020" / site / "F1.tar.xz").symlink_to(FIXTURES / "ilc_site1_F1_small.tar.xz")
+    small = {k: v for k, v in TINY.items() if k not in ("epochs", "pretrain_epochs", "val_fraction")}
+    argv = ["--data-dir", str(tmp_path), "--source", "src", "--target", "dst", "--fractions", "0.5,1"]
+    argv += ["--epochs", "2", "--pretrain-epochs", "1", "--params", json.dumps(small), "--variant", "speed"]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--test-fraction", "0.25"]) == 0
+    d = json.loads((tmp_path / "out" / "mtloc_dst_F1.json").read_text())
+    assert d["wknn"]["n"] == d["n_test_windows"] > 0 and d["coverage_bound"]["n"] == d["n_test_windows"]
+    strategies = {(r["strategy"], r["fraction"]) for r in d["runs"]}
+    assert {("scratch", 1.0), ("frozen", 0.5), ("finetune", 1.0), ("frozen (speed)", 1.0)} <= strategies
+    assert all("wipe_wifi+imu+mag" in r for r in d["runs"] if r["fraction"] == 1.0)
+    doc = "\n".join(
+        f"<!-- bench-table: {kind} mtloc_*.json -->\n<!-- /bench-table -->"
+        for kind in ("mtloc_goal", "mtloc_fractions", "mtloc_wipe")
+    )
+    text, missing = render(doc, tmp_path / "out")
+    assert not missing and text.count("| dst F1 |") >= 3, text
