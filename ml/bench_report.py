@@ -307,6 +307,27 @@ def cotrain(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _mt_merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs of one target floor with the same params from several files (e.g. more fractions run later), as one."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in rows:
+        key = json.dumps([d["site"], d["floor"], d.get("params")], sort_keys=True)
+        if key not in out:
+            out[key] = {**d, "runs": list(d["runs"])}
+            continue
+        m = out[key]
+        have = {(r["strategy"], r["fraction"]) for r in m["runs"]}
+        m["runs"] += [r for r in d["runs"] if (r["strategy"], r["fraction"]) not in have]
+        m["runs"].sort(key=lambda r: (r["strategy"] != "scratch", r["strategy"], r["fraction"]))
+        m["command"] = f"{m['command']}`; `{d['command']}"
+    return list(out.values())
+
+
+def _mt_floor(d: dict[str, Any]) -> str:
+    blend = (d.get("params") or {}).get("knn_blend", True)
+    return f"{d['site']} {d['floor']}" + ("" if blend else " (paper network, knn_blend=false)")
+
+
 def _mt_run(d: dict[str, Any], strategy: str, fraction: float) -> dict[str, Any] | None:
     return next((r for r in d["runs"] if r["strategy"] == strategy and r["fraction"] == fraction), None)
 
@@ -317,6 +338,7 @@ def _vs(value: Any, base: Any) -> str:
 
 def mtloc_goal(rows: list[dict[str, Any]]) -> list[str]:
     """Per target floor: coverage bound, wknn / itoloc and MTLoc on the same test windows, 25% budget."""
+    rows = _mt_merged(rows)
     head = [
         "target floor",
         "train paths / test paths (windows)",
@@ -341,7 +363,7 @@ def mtloc_goal(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             _row(
                 [
-                    f"{d['site']} {d['floor']}",
+                    _mt_floor(d),
                     f"{d['n_train_paths']} / {d['n_test_paths']} ({_n(d['n_test_windows'])})",
                     f"{_f(cb['mean_m'])} / {_f(cb['median_m'])}",
                     f"{_f(wk['mean_m'])} / {_f(wk['median_m'])}",
@@ -361,6 +383,7 @@ def _strategies(d: dict[str, Any]) -> list[str]:
 
 def mtloc_fractions(rows: list[dict[str, Any]]) -> list[str]:
     """Paper 000 Table V layout: median / mean / std per strategy and share of the target's training paths."""
+    rows = _mt_merged(rows)
     fractions = sorted({r["fraction"] for d in rows for r in d["runs"]})
     head = ["target floor", "strategy", *[f"{f:.1%}".replace(".0%", "%") for f in fractions]]
     out = [_row(head), _row(["---", "---", *["--:"] * len(fractions)])]
@@ -372,12 +395,13 @@ def mtloc_fractions(rows: list[dict[str, Any]]) -> list[str]:
                 a = r["all"] if r else None
                 cells.append(f"{_f(a['median_m'])} / {_f(a['mean_m'])} / {_f(a['std_m'])}" if a else "")
             if any(cells):
-                out.append(_row([f"{d['site']} {d['floor']}", strategy, *cells]))
+                out.append(_row([_mt_floor(d), strategy, *cells]))
     return out
 
 
 def mtloc_wipe(rows: list[dict[str, Any]]) -> list[str]:
     """Paper 000 Table VI layout: mean error (m) when a share of the test windows loses a modality."""
+    rows = _mt_merged(rows)
     cases = ("wifi", "imu", "mag", "wifi+imu+mag")
     head = [
         "target floor",
@@ -396,7 +420,7 @@ def mtloc_wipe(rows: list[dict[str, Any]]) -> list[str]:
             out.append(
                 _row(
                     [
-                        f"{d['site']} {d['floor']}",
+                        _mt_floor(d),
                         strategy,
                         _f(r["all"]["mean_m"]),
                         *[_f(r[f"wipe_{c}"]["mean_m"]) for c in cases],
