@@ -318,7 +318,8 @@ def _mt_merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         m = out[key]
         have = {(r["strategy"], r["fraction"]) for r in m["runs"]}
         m["runs"] += [r for r in d["runs"] if (r["strategy"], r["fraction"]) not in have]
-        m["runs"].sort(key=lambda r: (r["strategy"] != "scratch", r["strategy"], r["fraction"]))
+        order = {st: i for i, st in enumerate(dict.fromkeys(r["strategy"] for r in m["runs"]))}
+        m["runs"].sort(key=lambda r: (order[r["strategy"]], r["fraction"]))
         m["command"] = f"{m['command']}`; `{d['command']}"
     return list(out.values())
 
