@@ -172,9 +172,9 @@ def run_floor(
         }
         log(f"  itoloc: mean {err.mean():.2f} m")
     jobs: list[tuple[str, str | None, float]] = [("scratch", None, f) for f in sorted(set(args.scratch_fractions))]
-    for target in arts:
-        fractions = args.fractions if target == args.pretrain_target else args.variant_fractions
-        jobs += [(s, target, f) for s in args.strategies for f in fractions]
+    for kind in arts:
+        fractions = args.fractions if kind == args.pretrain_target else args.variant_fractions
+        jobs += [(s, kind, f) for s in args.strategies for f in fractions]
     for strategy, target, fraction in jobs:
         sub = train_all.subset(train_fraction_subset(train_all.path, fraction, args.seed))
         t0 = time.perf_counter()

@@ -107,19 +107,10 @@ def mtloc_imu_artifact(
     """MTLoc's IMU-LSTM pretrained on all `sources` together: the stored one when none of their surveys changed
     since and it was made with the same pretraining settings, else pretrained now and stored. Both `frozen`
     and `finetune` use it."""
-    from ml.models.mtloc import ImuArtifact, MTLocConfig, pretrain_imu
+    from ml.models.mtloc import ImuArtifact, MTLocConfig, pretrain_imu, pretrain_settings
 
     sites = sorted(set(sources))
-    cfg = MTLocConfig.parse(params)
-    want = {
-        "target": cfg.pretrain_target,
-        "imu_hidden": cfg.imu_hidden,
-        "steps": cfg.steps,
-        "rate_hz": cfg.rate_hz,
-        "epochs": cfg.pretrain_epochs,
-        "lr": cfg.pretrain_lr,
-        "seed": seed,
-    }
+    want = pretrain_settings(MTLocConfig.parse(params), seed)
     cached = _fresh_artifact(db, "mtloc", "imu-lstm", sites)
     if cached is not None and all(cached[1].get(k) == v for k, v in want.items()):
         return ImuArtifact.loads(cached[0], cached[1]), {"sites": sites, "artifact_id": cached[2], "built": False}

@@ -284,18 +284,27 @@ def pretrain_imu(
         "format_version": FORMAT_VERSION,
         "sites": sorted(sites),
         "n_windows": int(n),
+        **pretrain_settings(cfg, seed),
+        "optimizer": "RMSprop",
+        "norm": norm.to_json(),
+        "loss": [round(v, 5) for v in losses],
+    }
+    return ImuArtifact(arrays, config)
+
+
+def pretrain_settings(cfg: MTLocConfig, seed: int) -> dict[str, Any]:
+    """What makes two IMU pretrainings on the same windows the same (kept in the artifact's config, so a stored
+    artifact can be reused only when these match)."""
+    return {
         "target": cfg.pretrain_target,
         "imu_hidden": cfg.imu_hidden,
         "steps": cfg.steps,
         "rate_hz": cfg.rate_hz,
         "epochs": cfg.pretrain_epochs,
         "lr": cfg.pretrain_lr,
-        "optimizer": "RMSprop",
-        "norm": norm.to_json(),
-        "loss": [round(v, 5) for v in losses],
+        "batch_size": cfg.pretrain_batch_size,
         "seed": seed,
     }
-    return ImuArtifact(arrays, config)
 
 
 # ---------------------------------------------------------------- the model
