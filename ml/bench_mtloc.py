@@ -7,7 +7,7 @@ Protocol, per target floor:
 
 1. The floor's sensor windows (1 s, 10 Hz, one every `--stride-ms`; 100 ms = the paper's 900 ms overlap) are split
    by path: `--test-fraction` of the paths are test paths, the rest training paths (seeded). Test points are the test
-   paths' windows, one every `--test-stride-ms`.
+   paths' windows, every round(`--test-stride-ms` / `--stride-ms`)-th one.
 2. The IMU-LSTM is pretrained once on every floor of the source site (`ml.models.mtloc.pretrain_imu`, Table IV:
    RMSprop, lr 0.005, `--pretrain-epochs`; `--pretrain-target position` as in the paper, or `speed`).
 3. `frozen` and `finetune` MTLoc are trained on each fraction of the training paths (`--fractions`, nested seeded
@@ -223,7 +223,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--strategies", default="frozen,finetune")
     p.add_argument("--stride-ms", type=int, default=100, help="window stride (100 ms = 900 ms overlap)")
     p.add_argument("--pretrain-stride-ms", type=int, default=100)
-    p.add_argument("--test-stride-ms", type=int, default=500, help="one test window per this many ms of a test path")
+    p.add_argument(
+        "--test-stride-ms",
+        type=int,
+        default=500,
+        help="test points: every round(this / --stride-ms)-th window of a test path (Python rounding)",
+    )
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=None, help="MTLoc epochs (default: the model's)")
     p.add_argument("--pretrain-epochs", type=int, default=None, help="IMU-LSTM pretraining epochs (default 100)")
