@@ -37,8 +37,9 @@ import numpy as np
 
 from ml.bench import _json_default, git_commit, machine, resolve_data_dir
 from ml.data.features import FingerprintSet, build_set
-from ml.data.ilc2020 import read_ilc_fingerprints, read_ilc_windows
+from ml.data.ilc2020 import ilc_floors, read_ilc_fingerprints, read_ilc_windows
 from ml.data.splits import split_by_group, train_fraction_subset
+from ml.evaluate import spearman
 from ml.models.base import LocModel, QueryBatch
 from ml.models.itoloc import ITOLOC
 from ml.models.mtloc import ImuArtifact, MTLoc, pretrain_imu
@@ -49,10 +50,9 @@ MODALITIES = ("wifi", "imu", "mag")
 
 
 def floor_archives(data_dir: Path, site: str) -> dict[str, Path]:
-    root = data_dir / "ilc2020" / site
-    out = {p.name.removesuffix(".tar.xz"): p for p in sorted(root.glob("*.tar.xz"))}
+    out = {floor: path for s, floor, path in ilc_floors(data_dir) if s == site}
     if not out:
-        raise SystemExit(f"no ILC floors under {root}")
+        raise SystemExit(f"no ILC floors under {data_dir / 'ilc2020' / site}")
     return out
 
 
@@ -67,11 +67,6 @@ def stats(err: np.ndarray) -> dict[str, float | int]:
         "p75_m": round(float(np.percentile(err, 75)), 3),
         "p95_m": round(float(np.percentile(err, 95)), 3),
     }
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return round(float(np.corrcoef(ra, rb)[0, 1]), 3) if len(a) > 2 else float("nan")
 
 
 def wiped(test: FingerprintSet, which: Sequence[str], share: float, seed: int) -> FingerprintSet:
@@ -158,7 +153,11 @@ def run_floor(
     t0 = time.perf_counter()
     wk = WKNN.fit(wk_train, {}, seed=args.seed)
     err, est = answer(wk, test)
-    out["wknn"] = {**stats(err), "train_s": round(time.perf_counter() - t0, 1), "error_m_spearman": spearman(err, est)}
+    out["wknn"] = {
+        **stats(err),
+        "train_s": round(time.perf_counter() - t0, 1),
+        "error_m_spearman": round(spearman(err, est), 3),
+    }
     log(f"  wknn: mean {err.mean():.2f} m")
     if args.itoloc:
         t0 = time.perf_counter()
@@ -167,7 +166,7 @@ def run_floor(
         out["itoloc"] = {
             **stats(err),
             "train_s": round(time.perf_counter() - t0, 1),
-            "error_m_spearman": spearman(err, est),
+            "error_m_spearman": round(spearman(err, est), 3),
             "params": args.itoloc_params,
         }
         log(f"  itoloc: mean {err.mean():.2f} m")
@@ -196,7 +195,7 @@ def run_floor(
             "best_epoch": model.info.get("best_epoch"),
             "all": {
                 **stats(err),
-                "error_m_spearman": spearman(err, est),
+                "error_m_spearman": round(spearman(err, est), 3),
                 "error_m_median": round(float(np.median(est)), 3),
             },
         }

@@ -204,10 +204,9 @@ def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[
     strategy = body.strategy or "scratch"
     transfer: dict[str, Any] | None = None
     t0 = time.perf_counter()
-    if body.model == "mtloc" and strategy in MTLOC_STRATEGIES and strategy != "scratch":
-        model, transfer = _fit_mtloc_transfer(ctx, job, body, train, params, progress)
-    elif strategy in TRANSFER_STRATEGIES:
-        model, transfer = _fit_transfer(ctx, job, body, train, params, progress)
+    if strategy != "scratch":  # request_finetune checked it is one of TRANSFER[body.model]
+        fit_transfer = _fit_mtloc_transfer if body.model == "mtloc" else _fit_transfer
+        model, transfer = fit_transfer(ctx, job, body, train, params, progress)
     else:
         model = _fit(cls, train, params, body.seed, progress.span(0.05, 0.85), ctx.device)
     train_time = time.perf_counter() - t0

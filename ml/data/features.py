@@ -55,13 +55,8 @@ class FingerprintSet:
     def with_aps(self, aps: Sequence[str]) -> FingerprintSet:
         """The same rows re-expressed over another AP vocabulary (unknown columns -> NaN)."""
         aps = list(aps)
-        index = {b: i for i, b in enumerate(self.aps)}
-        src = np.array([index.get(b, -1) for b in aps], dtype=np.int64)
-        have = src >= 0
-        rss = np.full((len(self), len(aps)), np.nan, dtype=np.float32)
-        age = np.full((len(self), len(aps)), np.nan, dtype=np.float32)
-        rss[:, have] = self.rss[:, src[have]]
-        age[:, have] = self.age_ms[:, src[have]]
+        rss = reindex_columns(self.rss, self.aps, aps)
+        age = reindex_columns(self.age_ms, self.aps, aps)
         kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("aps", "rss", "age_ms")}
         return FingerprintSet(aps=aps, rss=rss, age_ms=age, **kwargs)
 
@@ -69,6 +64,16 @@ class FingerprintSet:
     def floor_key(self) -> np.ndarray:
         """Building-qualified floor labels ("b|f"), unique across buildings."""
         return np.array([f"{b or ''}|{f}" for b, f in zip(self.building, self.floor, strict=True)], dtype=object)
+
+
+def reindex_columns(a: np.ndarray, have: Sequence[str], want: Sequence[str]) -> np.ndarray:
+    """(n, len(want)) float32: the columns of `a` (named `have`) in the order `want`; unknown names -> NaN."""
+    index = {b: i for i, b in enumerate(have)}
+    src = np.array([index.get(b, -1) for b in want], dtype=np.int64)
+    ok = src >= 0
+    out = np.full((a.shape[0], len(src)), np.nan, dtype=np.float32)
+    out[:, ok] = a[:, src[ok]]
+    return out
 
 
 def _rows(a: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:

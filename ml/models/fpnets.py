@@ -56,7 +56,7 @@ class SiteLabels:
 
     @classmethod
     def from_set(cls, fs: FingerprintSet) -> SiteLabels:
-        keys = sorted({(b, str(f)) for b, f in zip(fs.building, fs.floor, strict=True)}, key=_key_order)
+        keys = sorted({(b, str(f)) for b, f in zip(fs.building, fs.floor, strict=True)}, key=floor_key_order)
         buildings = sorted({b for b, _ in keys}, key=lambda b: b or "")
         center = fs.xy.mean(axis=0) if len(fs) else np.zeros(2)
         scale = float(np.sqrt(((fs.xy - center) ** 2).sum(axis=1).mean() / 2)) if len(fs) else 1.0
@@ -101,7 +101,8 @@ class SiteLabels:
         return cls(keys, list(d["buildings"]), (float(cx), float(cy)), float(d["scale"]))
 
 
-def _key_order(k: tuple[str | None, str]) -> tuple[str, str]:
+def floor_key_order(k: tuple[str | None, str]) -> tuple[str, str]:
+    """Sort key of (building, floor) labels; a missing building sorts first."""
     return (k[0] or "", k[1])
 
 

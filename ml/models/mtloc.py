@@ -42,10 +42,10 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from torch import nn
 
-from ml.data.features import FingerprintSet
+from ml.data.features import FingerprintSet, reindex_columns
 from ml.data.splits import split_by_group
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
-from ml.models.fpnets import powed
+from ml.models.fpnets import floor_key_order, powed
 from ml.params import settings_from
 from ml.sensors import window_matrix, window_speed
 
@@ -377,7 +377,7 @@ class MTLoc(LocModel):
         keep = np.argsort(-counts, kind="stable")[: min(cfg.n_aps, len(train.aps))]
         keep = np.sort(keep[counts[keep] > 0])
         net_aps = [train.aps[i] for i in keep]  # the WiFi-DNN's input: the most-heard n_aps
-        floors = sorted({(b, str(f)) for b, f in zip(train.building, train.floor, strict=True)}, key=_floor_order)
+        floors = sorted({(b, str(f)) for b, f in zip(train.building, train.floor, strict=True)}, key=floor_key_order)
         center = train.xy.mean(axis=0)
         scale = max(float(train.xy.std()), 1.0)
         feats, cov = window_matrix(train.sensors, len(train), cfg.steps, cfg.rate_hz)
@@ -491,7 +491,7 @@ class MTLoc(LocModel):
             val = np.intersect1d(val_idx, wifi_rows)
             if len(fit_scans) >= 2 and len(val):
                 knn = WKNN.fit(fit_scans, {}, seed=seed)
-                knn_xy = knn.predict(QueryBatch(rss=_columns(fs.rss[val], self.aps, knn.aps))).xy
+                knn_xy = knn.predict(QueryBatch(rss=reindex_columns(fs.rss[val], self.aps, knn.aps))).xy
                 net_xy, _, _ = self._forward(_rows_of(data, val))
                 grid = np.linspace(0.0, 1.0, 11)
                 errs = [np.hypot(*(a * knn_xy + (1 - a) * net_xy - fs.xy[val]).T).mean() for a in grid]
@@ -514,10 +514,8 @@ class MTLoc(LocModel):
         rng = np.random.default_rng(seed)
         est, real = [], []
         for drop in ((), (0,), (1,), (2,), (1, 2), (0, 2), (0, 1)):
-            present = data.present[idx].copy()
-            present[:, list(drop)] = 0.0
-            keep = present.max(axis=1) > 0
-            sub = idx[keep]
+            kept = np.delete(data.present[idx], list(drop), axis=1)
+            sub = idx[kept.max(axis=1) > 0]  # windows that still have a modality once `drop` is gone
             if len(sub) == 0:
                 continue
             sub = rng.choice(sub, size=min(len(sub), 2000), replace=False)
@@ -557,7 +555,7 @@ class MTLoc(LocModel):
         if self.knn is not None and self.alpha > 0 and len(rss):
             has_wifi = ~np.isnan(rss).all(axis=1)
             if has_wifi.any():
-                knn_rss = _columns(rss, self.aps, self.knn.aps)[has_wifi]
+                knn_rss = reindex_columns(rss, self.aps, self.knn.aps)[has_wifi]
                 knn_xy = self.knn.predict(QueryBatch(rss=knn_rss)).xy
                 xy[has_wifi] = self.alpha * knn_xy + (1 - self.alpha) * xy[has_wifi]
         return xy, p_floor, sigma
@@ -647,20 +645,6 @@ def distinct_scans(fs: FingerprintSet) -> FingerprintSet:
 
 def _rows_of(data: Inputs, idx: np.ndarray) -> Inputs:
     return Inputs(data.wifi[idx], data.imu[idx], data.mag[idx], data.present[idx].copy())
-
-
-def _columns(rss: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
-    """(n, len(want)) RSS re-expressed from columns `have` (missing -> NaN)."""
-    index = {b: i for i, b in enumerate(have)}
-    src = np.array([index.get(b, -1) for b in want], dtype=np.int64)
-    out = np.full((len(rss), len(want)), np.nan, dtype=np.float32)
-    ok = src >= 0
-    out[:, ok] = rss[:, src[ok]]
-    return out
-
-
-def _floor_order(k: tuple[str | None, str]) -> tuple[str, str]:
-    return (k[0] or "", k[1])
 
 
 def _check_artifact(art: ImuArtifact, cfg: MTLocConfig) -> None:
