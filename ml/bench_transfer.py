@@ -167,10 +167,15 @@ class TestCurve:
         return False
 
 
-def run_one(study: Study, model: str, target: str, repeat: int, arts: list[SourceArtifact]) -> dict[str, Any]:
+def run_one(
+    study: Study, model: str, target: str, repeat: int, arts: list[SourceArtifact], full_data: bool = False
+) -> dict[str, Any]:
+    """One repeat: scratch and every strategy on a seeded fraction of the target's training data.
+    `full_data`: instead scratch alone on all of it (seed `--seed`), the reference for how much
+    any method could gain from knowing more than the fraction shows (reported as "ceiling")."""
     args = study.args
-    fraction = args.ilc_fraction if target in ILC_SITES else args.uji_fraction
-    seed = args.seed + repeat
+    fraction = 1.0 if full_data else args.ilc_fraction if target in ILC_SITES else args.uji_fraction
+    seed = args.seed + max(repeat, 0)
     train, test = small_train(study.sites[target], fraction, seed)
     prep = prepare(model, train, study.ap.net, seed, "cpu")
     xy, floor, building = prep.labels.encode(test)
@@ -186,13 +191,14 @@ def run_one(study: Study, model: str, target: str, repeat: int, arts: list[Sourc
 
         return [make]
 
-    names = ["scratch", *[s for s in METHODS[1:] if s in args.strategies]]
+    names = ["scratch"] if full_data else ["scratch", *[s for s in METHODS[1:] if s in args.strategies]]
     cands = train_candidates(prep, names, arts, study.ap, callbacks_for=callbacks_for)
     cls = net_class(model)
     run: dict[str, Any] = {
         "model": model,
         "target": target,
         "repeat": repeat,
+        "full_data": full_data,
         "seed": seed,
         "fraction": fraction,
         "n_train": len(train),
@@ -243,9 +249,19 @@ def summarize(runs: list[dict[str, Any]], strategies: Sequence[str]) -> dict[str
     out: dict[str, Any] = {}
     keys = sorted({(r["model"], r["target"]) for r in runs}, key=lambda k: (k[0], ALL_SITES.index(k[1])))
     for model, target in keys:
-        rs = [r for r in runs if r["model"] == model and r["target"] == target]
+        mine = [r for r in runs if r["model"] == model and r["target"] == target]
+        rs = [r for r in mine if not r.get("full_data")]
+        full = [r for r in mine if r.get("full_data")]
         cell: dict[str, Any] = {"repeats": len(rs), "n_train": _mean([r["n_train"] for r in rs])}
         base = np.array([r["methods"]["scratch"]["mean_m"] for r in rs])
+        if full:
+            f = full[-1]["methods"]["scratch"]
+            cell["full_data"] = {k: f[k] for k in METRIC_KEYS} | {"n_train": full[-1]["n_train"]}
+            if len(rs):  # how much lower than the small-data scratch mean: what any transfer could hope for
+                cell["full_data"]["ceiling_gain_pct"] = float(100.0 * (base.mean() - f["mean_m"]) / base.mean())
+        if not rs:
+            out[f"{model}/{target}"] = cell
+            continue
         for method in ["scratch", *strategies, *[f"{s}_kept" for s in strategies]]:
             rows = [_method_row(r, method) for r in rs]
             present = [x for x in rows if x is not None]
@@ -308,6 +324,11 @@ def markdown(summary: dict[str, Any], models: Sequence[str], targets: Sequence[s
                     st = summary.get(f"{model}/{t}", {}).get(method)
                     cells.append(_cells(st, method) if st else "– | – | –")
                 lines.append(f"| {MODEL_LABELS[model]}{LABELS[method]} | " + " | ".join(cells) + " |")
+            full = [summary.get(f"{model}/{t}", {}).get("full_data") for t in group]
+            if any(full):
+                cells = [_full_cells(f) if f else "– | – | –" for f in full]
+                label = f"{MODEL_LABELS[model]} on all the target's data (ceiling)"
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += _convergence_table(summary, models, targets, strategies)
     return "\n".join(lines) + "\n"
@@ -320,6 +341,14 @@ def _cells(st: dict[str, Any], method: str) -> str:
         g = st["gain_pct_of_means"]
         mae += f" ({abs(g):.1f}% {'↑' if g >= 0 else '↓'})"
     return f"{mae} | {st['p75_m']['mean']:.2f} | {st['p95_m']['mean']:.2f}"
+
+
+def _full_cells(f: dict[str, Any]) -> str:
+    mae = f"{f['mean_m']:.2f}"
+    if "ceiling_gain_pct" in f:
+        g = f["ceiling_gain_pct"]
+        mae += f" ({abs(g):.1f}% {'↑' if g >= 0 else '↓'})"
+    return f"{mae} | {f['p75_m']:.2f} | {f['p95_m']:.2f}"
 
 
 def _convergence_table(
@@ -362,6 +391,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--uji-repeats", type=int, default=10)
     ap.add_argument("--ilc-repeats", type=int, default=1)
     ap.add_argument("--params", type=json.loads, default={}, help="JSON object: dnn/cnnloc and transfer params")
+    ap.add_argument(
+        "--full-data",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train scratch once on all of each target's training data (the 'ceiling' row)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="repeat r uses seed + r (data subset and training)")
     ap.add_argument("--artifact-seed", type=int, default=0, help="seed of the source artifacts (fixed across repeats)")
     ap.add_argument("--data-dir", type=Path, default=None)
@@ -485,11 +520,24 @@ def run_study(study: Study, runs: list[dict[str, Any]], runs_path: Path) -> dict
         for target in args.targets:
             arts[model, target], times = artifacts_for(study, model, target)
             artifact_s.update(times)
+    if args.full_data:
+        for model in args.models:
+            for target in args.targets:
+                if any(x["model"] == model and x["target"] == target and x.get("full_data") for x in runs):
+                    continue
+                log(f"{model} {target} on all its training data")
+                run = run_one(study, model, target, -1, [], full_data=True)
+                runs.append(run)
+                _append(runs_path, run)
+                log(_headline(run))
     for r in range(max(args.uji_repeats, args.ilc_repeats)):
         for model in args.models:
             for target in args.targets:
                 repeats = args.ilc_repeats if target in ILC_SITES else args.uji_repeats
-                done = any(x["model"] == model and x["target"] == target and x["repeat"] == r for x in runs)
+                done = any(
+                    x["model"] == model and x["target"] == target and x["repeat"] == r and not x.get("full_data")
+                    for x in runs
+                )
                 if r >= repeats or done:
                     continue
                 log(f"{model} {target} repeat {r}")

@@ -404,11 +404,18 @@ def test_bench_transfer_runs_on_fixtures(tmp_path: Path) -> None:
     cell = result["summary"]["dnn/uji_b0"]
     assert cell["repeats"] == 2
     assert {"scratch", "encoder", "msta", "encoder_kept", "msta_kept"} <= set(cell)
-    run = result["runs"][0]
+    full = [r for r in result["runs"] if r["full_data"]]  # scratch once on all the target's data
+    assert len(full) == 1 and list(full[0]["methods"]) == ["scratch"] and full[0]["fraction"] == 1.0
+    assert full[0]["n_train"] > max(r["n_train"] for r in result["runs"] if not r["full_data"])
+    small = [r["methods"]["scratch"]["mean_m"] for r in result["runs"] if not r["full_data"]]
+    want = 100 * (np.mean(small) - full[0]["methods"]["scratch"]["mean_m"]) / np.mean(small)
+    assert cell["full_data"]["ceiling_gain_pct"] == pytest.approx(want)
+    run = next(r for r in result["runs"] if not r["full_data"])
     assert len(run["methods"]["scratch"]["test_curve"]) == run["methods"]["scratch"]["epochs_run"]
     assert run["methods"]["msta"]["kept"] in ("scratch", "msta")
     table = (out / "transfer.md").read_text()
     assert "| DNN + MSTA |" in table and "uji_b0 MAE (m)" in table
+    assert "| DNN on all the target's data (ceiling) |" in table
     assert main(argv) == 0  # resumes: nothing retrained, same summary
     assert json.loads((out / "transfer.json").read_text())["summary"] == result["summary"]
     assert main([*argv, "--unified", "--sources", "uji_b0,uji_b1,uji_b2"]) == 0
