@@ -439,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             **run_unified(study),
         }
         (args.out / f"{stem}_unified.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.out / stem}_unified.json: site accuracy {result['site_accuracy']:.4f}", flush=True)
+        (args.out / f"{stem}_unified.md").write_text(unified_markdown(result))
+        print(f"wrote {args.out / stem}_unified.json and .md: site accuracy {result['site_accuracy']:.4f}", flush=True)
         return 0
     runs = _read_runs(runs_path)
     artifact_s = cached_build_times(study) if args.summary_only else run_study(study, runs, runs_path)
@@ -501,6 +502,22 @@ def run_unified(study: Study) -> dict[str, Any]:
         "site_accuracy": sum(v["site_accuracy"] * v["n_test"] for v in per_site.values()) / n,
         "per_site": per_site,
     }
+
+
+def unified_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| site | test scans | site detected | detected as | mean error when detected (m) | floor hit when detected |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for s, v in result["per_site"].items():
+        seen = ", ".join(f"{k} {n}" for k, n in v["detected_as"].items())
+        mean = f"{v['mean_m_when_detected']:.2f}" if v["mean_m_when_detected"] is not None else "–"
+        floor = f"{100 * v['floor_hit_when_detected']:.1f}%" if v["floor_hit_when_detected"] is not None else "–"
+        lines.append(f"| {s} | {v['n_test']:,} | {100 * v['site_accuracy']:.1f}% | {seen} | {mean} | {floor} |")
+    n = sum(v["n_test"] for v in result["per_site"].values())
+    lines.append(f"| all | {n:,} | {100 * result['site_accuracy']:.1f}% | | | |")
+    lines += ["", f"{result['n_aps_union']:,} APs in the union vocabulary; trained {result['train_s']:.0f} s."]
+    return "\n".join(lines) + "\n"
 
 
 def cached_build_times(study: Study) -> dict[str, float]:

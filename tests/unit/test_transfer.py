@@ -421,6 +421,7 @@ def test_bench_transfer_runs_on_fixtures(tmp_path: Path) -> None:
     assert main([*argv, "--unified", "--sources", "uji_b0,uji_b1,uji_b2"]) == 0
     unified = json.loads((out / "transfer_unified.json").read_text())
     assert unified["sites"] == ["uji_b0", "uji_b1", "uji_b2"] and unified["site_accuracy"] > 0.8
+    assert "| uji_b1 |" in (out / "transfer_unified.md").read_text()
 
 
 # ---------------------------------------------------------------- unified multitask model (site detection)
