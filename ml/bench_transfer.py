@@ -11,6 +11,8 @@ Then, per repeat, a seeded fraction of the target's training data (10% of the ro
 25% of the paths for ILC) trains the network from scratch, with encoder and with msta, all on
 the same fit/hold-out split; each is refit and scored on the target's test set. "kept" is what
 `fit_transfer` returns: the transferred network unless scratch beat it on the hold-out.
+Ceiling (`--full-data`, on by default): scratch once on all of each target's training data, the
+error a method would reach if knowing the sources were as good as surveying the whole target.
 
 Convergence: the test error is recorded after every epoch of the fit-part training run (it is
 never used for any choice); "epochs to reach" is the first epoch at which a method's test error
