@@ -545,7 +545,7 @@ def run_study(study: Study, runs: list[dict[str, Any]], runs_path: Path) -> dict
                 if any(x["model"] == model and x["target"] == target and x.get("full_data") for x in runs):
                     continue
                 log(f"{model} {target} on all its training data")
-                run = run_one(study, model, target, -1, [], full_data=True)
+                run = run_one(study, model, target, -1, [], full_data=True)  # repeat -1: never a repeat's
                 runs.append(run)
                 _append(runs_path, run)
                 log(_headline(run))
@@ -553,10 +553,7 @@ def run_study(study: Study, runs: list[dict[str, Any]], runs_path: Path) -> dict
         for model in args.models:
             for target in args.targets:
                 repeats = args.ilc_repeats if target in ILC_SITES else args.uji_repeats
-                done = any(
-                    x["model"] == model and x["target"] == target and x["repeat"] == r and not x.get("full_data")
-                    for x in runs
-                )
+                done = any(x["model"] == model and x["target"] == target and x["repeat"] == r for x in runs)
                 if r >= repeats or done:
                     continue
                 log(f"{model} {target} repeat {r}")
