@@ -1,6 +1,6 @@
 """Regenerate the tables of docs/benchmarks/README.md from the JSON files the benchmarks wrote.
 
-    python -m ml.bench_report [docs/benchmarks/README.md] [--bench-out bench-out] [--check]
+    python -m ml.bench_report [docs/benchmarks/README.md] [--bench-out DIR ...] [--check]
 
 Every table in the document sits between a marker line and `<!-- /bench-table -->`:
 
@@ -9,11 +9,13 @@ Every table in the document sits between a marker line and `<!-- /bench-table --
     <!-- /bench-table -->
 
 KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`, `mtloc_goal`, `mtloc_fractions`,
-`mtloc_wipe`; each PATTERN is a glob under --bench-
-out (in the order given; matches of one pattern sorted by name). The numbers are copied from the JSON files, never
-typed: re-run the command in a row, then this script, and the table follows. `--check` exits 1 when the document is
-not what the JSON files say (missing files are reported, not invented; a table none of whose files are here is left
-as it is).
+`mtloc_wipe`; each PATTERN is a glob under the result folders (in the order given; matches of one pattern sorted
+by name). The folders are `bench-out/` (what the benchmark commands write) and `docs/benchmarks/results/` (committed
+copies of the JSON files behind the published tables, so that a fresh clone can check and regenerate them); a file
+in `bench-out/` wins over its committed copy. The numbers are copied from the JSON files, never typed: re-run the
+command in a row, then this script, and the table follows. `--check` exits 1 when the document is not what the JSON
+files say (missing files are reported, not invented; a table for which any pattern matches no file here is left as
+it is, so that a partial set of results never drops rows).
 """
 
 from __future__ import annotations
@@ -450,7 +452,19 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def render(doc: str, bench_out: Path) -> tuple[str, list[str]]:
+DEFAULT_DIRS = (Path("bench-out"), Path("docs/benchmarks/results"))
+
+
+def _glob(dirs: Path | list[Path] | tuple[Path, ...], pattern: str) -> list[Path]:
+    """Matches of `pattern` in the first folder that has each file name, sorted by name."""
+    by_name: dict[str, Path] = {}
+    for d in [dirs] if isinstance(dirs, Path) else dirs:
+        for f in d.glob(pattern):
+            by_name.setdefault(f.name, f)
+    return [by_name[n] for n in sorted(by_name)]
+
+
+def render(doc: str, bench_out: Path | list[Path] | tuple[Path, ...] = DEFAULT_DIRS) -> tuple[str, list[str]]:
     lines, out, missing = doc.splitlines(), [], []
     i = 0
     while i < len(lines):
@@ -463,18 +477,18 @@ def render(doc: str, bench_out: Path) -> tuple[str, list[str]]:
         if kind not in KINDS:
             raise SystemExit(f"unknown table kind {kind!r} in {lines[i - 1]!r}")
         files: list[Path] = []
+        absent = [pat for pat in patterns if not _glob(bench_out, pat)]
+        missing += absent
         for pat in patterns:
-            found = sorted(bench_out.glob(pat))
-            if not found:
-                missing.append(pat)
-            files += [f for f in found if f not in files]
+            files += [f for f in _glob(bench_out, pat) if f not in files]
         rows = [json.loads(f.read_text()) | {"name": json.loads(f.read_text()).get("name", f.stem)} for f in files]
         end = next((j for j in range(i, len(lines)) if lines[j].strip() == END), None)
         if end is None:
             raise SystemExit(f"no {END} after {lines[i - 1]!r}")
-        # no result files for this table here (another machine ran it): keep the table as it is
+        # some of this table's result files are not here (another machine ran them): keep the table as it is
+        # rather than drop the rows of the missing runs
         old = [ln for ln in lines[i:end] if ln.strip()]
-        out += KINDS[kind](rows) if rows else old or ["_(no results: run the command above)_"]
+        out += KINDS[kind](rows) if rows and not (absent and old) else old or ["_(no results: run the command above)_"]
         out.append(lines[end])
         i = end + 1
     return "\n".join(out) + "\n", missing
@@ -483,13 +497,19 @@ def render(doc: str, bench_out: Path) -> tuple[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("doc", nargs="?", type=Path, default=Path("docs/benchmarks/README.md"))
-    ap.add_argument("--bench-out", type=Path, default=Path("bench-out"))
+    ap.add_argument(
+        "--bench-out",
+        type=Path,
+        action="append",
+        help="result folder (repeatable; default: bench-out/, then docs/benchmarks/results/)",
+    )
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 if the document is stale")
     args = ap.parse_args(argv)
     doc = args.doc.read_text()
-    new, missing = render(doc, args.bench_out)
+    dirs = args.bench_out or list(DEFAULT_DIRS)
+    new, missing = render(doc, dirs)
     for pat in missing:
-        print(f"no results for {pat} under {args.bench_out}", file=sys.stderr)
+        print(f"no results for {pat} under {', '.join(map(str, dirs))}", file=sys.stderr)
     if args.check:
         return 0 if new == doc else 1
     args.doc.write_text(new)

@@ -388,6 +388,15 @@ def test_bench_uji_on_the_fixtures_writes_metrics_and_cdf(tmp_path: Path) -> Non
     assert result["model_config"]["params"]["k"] == 3
     assert (out / "uji_wknn_t_cdf.png").stat().st_size > 1000
 
+    # the report renders the run into a table, and keeps a table as it is when one of its runs is not here
+    from ml.bench_report import render
+
+    table = "<!-- bench-table: accuracy uji_wknn_t.json {extra}-->\nold row\n<!-- /bench-table -->"
+    text, missing = render(table.format(extra=""), out)
+    assert not missing and "| uji_wknn_t | wknn | 264 / 100 |" in text and "old row" not in text
+    text, missing = render(table.format(extra="uji_other.json "), out)
+    assert missing == ["uji_other.json"] and "old row" in text and "| uji_wknn_t |" not in text
+
 
 def test_bench_reports_a_missing_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main(["uji", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
