@@ -396,6 +396,14 @@ def test_bench_uji_on_the_fixtures_writes_metrics_and_cdf(tmp_path: Path) -> Non
     assert not missing and "| uji_wknn_t | wknn | 264 / 100 |" in text and "old row" not in text
     text, missing = render(table.format(extra="uji_other.json "), out)
     assert missing == ["uji_other.json"] and "old row" in text and "| uji_wknn_t |" not in text
+    # a second folder (the committed results) fills in what the first lacks; the first wins on a name clash
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    other = json.loads((out / "uji_wknn_t.json").read_text()) | {"n_test": 7}
+    for name in ("uji_wknn_t", "uji_other"):
+        (committed / f"{name}.json").write_text(json.dumps(other | {"name": name}))
+    text, missing = render(table.format(extra="uji_other.json "), [out, committed])
+    assert not missing and "| uji_wknn_t | wknn | 264 / 100 |" in text and "| uji_other | wknn | 264 / 7 |" in text
 
 
 def test_bench_reports_a_missing_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
