@@ -1,0 +1,21 @@
+"""The published benchmark tables match the committed result files they are generated from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ml.bench_report import render
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "docs" / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs" / "benchmarks").glob("*.md")), ids=lambda p: p.name)
+def test_every_table_with_committed_results_is_what_they_say(page: Path) -> None:
+    """A table whose runs are all in docs/benchmarks/results/ must be exactly what `ml.bench_report` renders from
+    them (a hand-edited number, or a result re-run without regenerating the page, fails here)."""
+    doc = page.read_text()
+    text, _missing = render(doc, [RESULTS])
+    assert text == doc, f"{page.name} differs from `python -m ml.bench_report {page.relative_to(ROOT)}`"
