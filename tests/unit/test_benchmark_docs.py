@@ -19,3 +19,12 @@ def test_every_table_with_committed_results_is_what_they_say(page: Path) -> None
     doc = page.read_text()
     text, _missing = render(doc, [RESULTS])
     assert text == doc, f"{page.name} differs from `python -m ml.bench_report {page.relative_to(ROOT)}`"
+
+
+def test_transfer_tables_are_the_committed_study_output() -> None:
+    """transfer.md pastes the tables `python -m ml.bench_transfer` wrote; each committed one appears verbatim."""
+    page = (ROOT / "docs" / "benchmarks" / "transfer.md").read_text()
+    written = sorted((RESULTS / "transfer").glob("*.md"))
+    assert written, "no committed ml.bench_transfer tables"
+    for table in written:
+        assert table.read_text().strip() in page, f"{table.name} is not what transfer.md shows"
