@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -346,6 +347,17 @@ def plot_cdf(errors: np.ndarray, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+@functools.cache
+def source_digest(*patterns: str) -> str:
+    """Short digest of the repository's source files matching `patterns` (globs under the repo root): part of the
+    key of the benchmarks' on-disk caches, so that what older code parsed or trained is never reused."""
+    h = hashlib.sha256()
+    for pattern in patterns:
+        for src in sorted(REPO_ROOT.glob(pattern)):
+            h.update(str(src.relative_to(REPO_ROOT)).encode() + b"\0" + src.read_bytes())
+    return h.hexdigest()[:10]
 
 
 def git_commit() -> str | None:

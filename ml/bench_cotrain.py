@@ -17,8 +17,8 @@ The protocol is the service's (`app/services/training.py` and `app/services/cotr
 4. Reported: error on B and on the holdout before and after, the guard's decision, what is served with the guard on
    (the candidate if promoted, else the old model) and with it off (always the candidate), and the update summary.
 
-The trained model is cached under `<out>/.cache/` (keyed by data, split, params and seed), so re-running with other
-co-training settings does not retrain it. Results: `<out>/cotrain_<name>.json`.
+The trained model is cached under `<out>/.cache/` (keyed by data, split, params, seed and a digest of `ml/`'s
+code), so re-running with other co-training settings does not retrain it. Results: `<out>/cotrain_<name>.json`.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from ml.bench import (
     machine,
     resolve_data_dir,
     site_floors,
+    source_digest,
     time_split,
 )
 from ml.cotrain import holdout_guard
@@ -86,7 +87,8 @@ def score(model: LocModel, fps: list[Fingerprint]) -> dict[str, Any]:
 def trained_model(
     name: str, fit: list[Fingerprint], params: dict[str, Any], seed: int, cache: Path, key: str, verbose: bool
 ) -> tuple[LocModel, float | None]:
-    digest = hashlib.sha256(json.dumps([name, key, params, seed], sort_keys=True).encode()).hexdigest()[:16]
+    code = source_digest("ml/**/*.py")  # a model trained by older code is never reused
+    digest = hashlib.sha256(json.dumps([name, key, params, seed, code], sort_keys=True).encode()).hexdigest()[:16]
     blob, cfg = cache / f"{digest}.safetensors", cache / f"{digest}.json"
     if blob.exists() and cfg.exists():
         print(f"  using the cached model {blob}", file=sys.stderr, flush=True)

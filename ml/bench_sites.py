@@ -12,13 +12,12 @@ code (`ml/data/`, this module), so that a cache built by an older reader is neve
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, fields
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from ml.bench import source_digest
 from ml.data.features import FingerprintSet, build_set
 from ml.data.splits import split_by_group, train_fraction_subset
 
@@ -42,7 +41,7 @@ def load_site(
     name: str, data_dir: Path, cache_dir: Path | None, test_fraction: float = 0.25, seed: int = 0
 ) -> SiteData:
     key = f"{name}" if name in UJI_SITES else f"{name}_test{test_fraction:g}_seed{seed}"
-    key += f"_{reader_digest()}"
+    key += f"_{source_digest('ml/data/*.py', 'ml/bench_sites.py')}"  # never a cache an older reader built
     if cache_dir is not None:
         cached = _load_cached(cache_dir, key)
         if cached is not None:
@@ -100,16 +99,6 @@ def small_train(site: SiteData, fraction: float, seed: int) -> tuple[Fingerprint
 
 
 # ---------------------------------------------------------------- cache (plain arrays, no pickle)
-
-
-@cache
-def reader_digest() -> str:
-    """Short digest of the code that parses the sites (ml/data/*.py and this module)."""
-    here = Path(__file__).resolve()
-    h = hashlib.sha256()
-    for src in [*sorted((here.parent / "data").glob("*.py")), here]:
-        h.update(src.name.encode() + b"\0" + src.read_bytes())
-    return h.hexdigest()[:10]
 
 
 def _save_cached(cache_dir: Path, key: str, train: FingerprintSet, test: FingerprintSet) -> None:

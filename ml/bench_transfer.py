@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.bench import git_commit, machine, resolve_data_dir
+from ml.bench import git_commit, machine, resolve_data_dir, source_digest
 from ml.bench_sites import ALL_SITES, ILC_SITES, SiteData, load_site, small_train
 from ml.data.features import FingerprintSet
 from ml.evaluate import metrics
@@ -94,10 +94,12 @@ ARTIFACT_KEYS = {
 
 
 def params_hash(ap: AllParams, strategy: str, seed: int) -> str:
-    """Cache key of an artifact: the network settings, the strategy's source-side settings, the seed."""
+    """Cache key of an artifact: the network settings, the strategy's source-side settings, the seed and a digest
+    of the code that builds it (an artifact older code built is never reused)."""
     everything = ap.to_json()
     used = {**asdict(ap.net), **{k: everything[k] for k in ARTIFACT_KEYS[strategy]}}
-    blob = json.dumps({"params": used, "seed": seed}, sort_keys=True, default=str)
+    code = source_digest("ml/models/*.py", "ml/data/*.py", "ml/transfer*.py", "ml/params.py", "ml/seed.py")
+    blob = json.dumps({"params": used, "seed": seed, "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
