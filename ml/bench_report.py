@@ -476,11 +476,12 @@ def render(doc: str, bench_out: Path | list[Path] | tuple[Path, ...] = DEFAULT_D
         kind, patterns = m.group(1), m.group(2).split()
         if kind not in KINDS:
             raise SystemExit(f"unknown table kind {kind!r} in {lines[i - 1]!r}")
-        files: list[Path] = []
-        absent = [pat for pat in patterns if not _glob(bench_out, pat)]
+        found = {pat: _glob(bench_out, pat) for pat in patterns}
+        absent = [pat for pat in patterns if not found[pat]]
         missing += absent
+        files: list[Path] = []
         for pat in patterns:
-            files += [f for f in _glob(bench_out, pat) if f not in files]
+            files += [f for f in found[pat] if f not in files]
         rows = [json.loads(f.read_text()) | {"name": json.loads(f.read_text()).get("name", f.stem)} for f in files]
         end = next((j for j in range(i, len(lines)) if lines[j].strip() == END), None)
         if end is None:
