@@ -447,3 +447,26 @@ def test_unified_model_detects_the_site_and_locates(
     back = UnifiedModel.from_state(model.arrays(), json.loads(json.dumps(model.config())))
     q = QueryBatch.from_set(test.with_aps(model.aps))
     np.testing.assert_array_equal(back.detect(q), model.detect(q))
+
+
+def test_bench_transfer_run_does_not_depend_on_the_cache_or_on_what_ran_before(tmp_path: Path) -> None:
+    """A target's figures are the same whether its source artifacts were just built in this process or read
+    from the cache, and whether another target's study ran before it in the same process."""
+    from ml.bench_transfer import main
+
+    data = uji_data_dir(tmp_path)
+    params = json.dumps({**TINY, "epochs": 6, "gan_steps": 10, "pretrain_epochs": 2, "sae_epochs": 2})
+
+    def run(targets: str, out: str, cache: str) -> dict[tuple[str, int], dict[str, float]]:
+        argv = ["--targets", targets, "--sources", "uji_b0,uji_b1,uji_b2", "--models", "cnnloc"]
+        argv += ["--uji-repeats", "1", "--uji-fraction", "0.5", "--params", params, "--no-full-data"]
+        argv += ["--data-dir", str(data), "--out", str(tmp_path / out), "--cache", str(tmp_path / cache)]
+        assert main(argv) == 0
+        runs = json.loads((tmp_path / out / "transfer.json").read_text())["runs"]
+        return {(r["target"], r["repeat"]): {k: v["mean_m"] for k, v in r["methods"].items()} for r in runs}
+
+    built = run("uji_b1", "built", "cache1")
+    assert set(built) == {("uji_b1", 0)} and set(built["uji_b1", 0]) == {"scratch", "encoder", "msta"}
+    assert run("uji_b1", "cached", "cache1") == built
+    after = run("uji_b0,uji_b1", "after", "cache2")
+    assert after["uji_b1", 0] == built["uji_b1", 0] and ("uji_b0", 0) in after
