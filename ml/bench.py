@@ -360,7 +360,10 @@ def source_digest(*patterns: str) -> str:
     return h.hexdigest()[:10]
 
 
+@functools.cache
 def git_commit() -> str | None:
+    """The commit checked out when this process first asked (every bench's `main` asks at its start), so a
+    result records the code that ran, not what was committed while a long run went on."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
@@ -473,6 +476,7 @@ def run_ilc(data_dir: Path, args: argparse.Namespace, ctx: RunContext) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str = "siteloc bench") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    git_commit()  # the code that runs (cached for the process)
     args = parse_args(argv, prog)
     try:
         data_dir = resolve_data_dir(args.data_dir)

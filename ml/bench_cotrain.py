@@ -226,6 +226,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    git_commit()  # the code that runs, not what is checked out when a long run ends (cached for the process)
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "ml.bench_cotrain", *argv])
     try:

@@ -267,6 +267,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    git_commit()  # the code that runs, not what is checked out when a long run ends (cached for the process)
     args = parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
