@@ -382,14 +382,48 @@ def git_commit() -> str | None:
 
 
 def machine() -> dict[str, Any]:
+    """Where a result was measured. A seeded training run is bit-identical when repeated on one machine; runs of
+    the same code in two sessions have not been (the machines may differ), so the CPU, the instruction set torch's
+    kernels use and the torch version are recorded."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "torch_cpu_capability": _torch_cpu_capability(),
+        "torch": _torch_version(),
         "cpu_count": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # context for timings
         "python": platform.python_version(),
         "numpy": np.__version__,
     }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _torch_version() -> str | None:
+    try:
+        import torch
+
+        return str(torch.__version__)
+    except ImportError:
+        return None
+
+
+def _torch_cpu_capability() -> str | None:
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (ImportError, AttributeError):  # wknn-only installs have no torch
+        return None
 
 
 # ---------------------------------------------------------------- CLI

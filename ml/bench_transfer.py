@@ -210,6 +210,8 @@ def run_one(
         "n_holdout": len(prep.hold) if prep.hold else 0,
         "n_test": len(test),
         "n_aps": len(train.aps),
+        "git_commit": git_commit(),  # where this run was measured (runs of one study may span sessions)
+        "cpu": {k: v for k, v in machine().items() if k in ("cpu_model", "torch_cpu_capability", "torch")},
         "methods": {},
     }
     for name, cand in cands.items():
