@@ -388,9 +388,7 @@ def machine() -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": _cpu_model(),
-        "torch_cpu_capability": _torch_cpu_capability(),
-        "torch": _torch_version(),
+        **cpu_info(),
         "cpu_count": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,  # context for timings
         "python": platform.python_version(),
@@ -398,32 +396,23 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _cpu_model() -> str | None:
+def cpu_info() -> dict[str, str | None]:
+    """The CPU model, the instruction set torch's kernels use and the torch version (None where unknown)."""
+    info: dict[str, str | None] = {"cpu_model": None, "torch_cpu_capability": None, "torch": None}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return None
-
-
-def _torch_version() -> str | None:
     try:
         import torch
-
-        return str(torch.__version__)
-    except ImportError:
-        return None
-
-
-def _torch_cpu_capability() -> str | None:
-    try:
-        import torch
-
-        return str(torch.backends.cpu.get_cpu_capability())
-    except (ImportError, AttributeError):  # wknn-only installs have no torch
-        return None
+    except ImportError:  # wknn-only installs have no torch
+        return info
+    info["torch"] = str(torch.__version__)
+    info["torch_cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+    return info
 
 
 # ---------------------------------------------------------------- CLI

@@ -464,6 +464,12 @@ def _glob(dirs: Path | list[Path] | tuple[Path, ...], pattern: str) -> list[Path
     return [by_name[n] for n in sorted(by_name)]
 
 
+def _result(path: Path) -> dict[str, Any]:
+    """One result file; its "name" defaults to the file's stem."""
+    row = json.loads(path.read_text())
+    return {**row, "name": row.get("name", path.stem)}
+
+
 def render(doc: str, bench_out: Path | list[Path] | tuple[Path, ...] = DEFAULT_DIRS) -> tuple[str, list[str]]:
     lines, out, missing = doc.splitlines(), [], []
     i = 0
@@ -482,7 +488,7 @@ def render(doc: str, bench_out: Path | list[Path] | tuple[Path, ...] = DEFAULT_D
         files: list[Path] = []
         for pat in patterns:
             files += [f for f in found[pat] if f not in files]
-        rows = [json.loads(f.read_text()) | {"name": json.loads(f.read_text()).get("name", f.stem)} for f in files]
+        rows = [_result(f) for f in files]
         end = next((j for j in range(i, len(lines)) if lines[j].strip() == END), None)
         if end is None:
             raise SystemExit(f"no {END} after {lines[i - 1]!r}")

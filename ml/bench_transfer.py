@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.bench import git_commit, machine, resolve_data_dir, source_digest
+from ml.bench import cpu_info, git_commit, machine, resolve_data_dir, source_digest
 from ml.bench_sites import ALL_SITES, ILC_SITES, SiteData, load_site, small_train
 from ml.data.features import FingerprintSet
 from ml.evaluate import metrics
@@ -211,7 +211,7 @@ def run_one(
         "n_test": len(test),
         "n_aps": len(train.aps),
         "git_commit": git_commit(),  # where this run was measured (runs of one study may span sessions)
-        "cpu": {k: v for k, v in machine().items() if k in ("cpu_model", "torch_cpu_capability", "torch")},
+        "cpu": cpu_info(),
         "methods": {},
     }
     for name, cand in cands.items():
