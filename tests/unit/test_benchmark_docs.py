@@ -24,7 +24,7 @@ def test_every_table_with_committed_results_is_what_they_say(page: Path) -> None
 def test_transfer_tables_are_the_committed_study_output() -> None:
     """transfer.md pastes the tables `python -m ml.bench_transfer` wrote; each committed one appears verbatim."""
     page = (ROOT / "docs" / "benchmarks" / "transfer.md").read_text()
-    written = sorted((RESULTS / "transfer").glob("*.md"))
+    written = sorted((RESULTS / "transfer").rglob("*.md"))
     assert written, "no committed ml.bench_transfer tables"
     for table in written:
         assert table.read_text().strip() in page, f"{table.name} is not what transfer.md shows"
