@@ -13,6 +13,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY ml ./ml
+COPY bench ./bench
 COPY migrations ./migrations
 RUN pip install . && useradd --system --create-home siteloc && mkdir -p /data && chown siteloc /data
 USER siteloc

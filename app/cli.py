@@ -198,7 +198,7 @@ def import_cmd(site_id: str, fmt: str, window_stride_ms: int, path: Path) -> Non
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(args: tuple[str, ...]) -> None:
     """Benchmarks: `siteloc bench --help` for the options (writes metrics JSON + error-CDF PNG)."""
-    from ml.bench import main as bench_main
+    from bench.core import main as bench_main
 
     raise SystemExit(bench_main(list(args)))
 

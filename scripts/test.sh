@@ -8,5 +8,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-.venv/bin/ruff check app worker ml migrations tests scripts
+.venv/bin/ruff check app worker ml bench migrations tests scripts
 exec .venv/bin/python -m pytest "$@"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.bench_report import render
+from bench.report import render
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "benchmarks" / "results"
@@ -14,17 +14,17 @@ RESULTS = ROOT / "docs" / "benchmarks" / "results"
 
 @pytest.mark.parametrize("page", sorted((ROOT / "docs" / "benchmarks").glob("*.md")), ids=lambda p: p.name)
 def test_every_table_with_committed_results_is_what_they_say(page: Path) -> None:
-    """A table whose runs are all in docs/benchmarks/results/ must be exactly what `ml.bench_report` renders from
+    """A table whose runs are all in docs/benchmarks/results/ must be exactly what `bench.report` renders from
     them (a hand-edited number, or a result re-run without regenerating the page, fails here)."""
     doc = page.read_text()
     text, _missing = render(doc, [RESULTS])
-    assert text == doc, f"{page.name} differs from `python -m ml.bench_report {page.relative_to(ROOT)}`"
+    assert text == doc, f"{page.name} differs from `python -m bench.report {page.relative_to(ROOT)}`"
 
 
 def test_transfer_tables_are_the_committed_study_output() -> None:
-    """transfer.md pastes the tables `python -m ml.bench_transfer` wrote; each committed one appears verbatim."""
+    """transfer.md pastes the tables `python -m bench.transfer` wrote; each committed one appears verbatim."""
     page = (ROOT / "docs" / "benchmarks" / "transfer.md").read_text()
     written = sorted((RESULTS / "transfer").rglob("*.md"))
-    assert written, "no committed ml.bench_transfer tables"
+    assert written, "no committed bench.transfer tables"
     for table in written:
         assert table.read_text().strip() in page, f"{table.name} is not what transfer.md shows"

@@ -78,7 +78,7 @@ def test_bad_params_are_refused() -> None:
 def test_bench_cotrain_on_the_uji_fixtures_reports_before_after_and_the_guard(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from ml.bench_cotrain import main
+    from bench.cotrain import main
     from tests.fixture_data import uji_data_dir
 
     data = uji_data_dir(tmp_path)

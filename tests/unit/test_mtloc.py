@@ -122,11 +122,11 @@ def test_bad_params_and_strategies_are_refused(windows) -> None:
 
 
 def test_bench_runs_the_table_layouts_and_the_report_renders_them(tmp_path: Path) -> None:
-    """`python -m ml.bench_mtloc` end to end on the fixture trace archive (as both source and target site)."""
+    """`python -m bench.mtloc` end to end on the fixture trace archive (as both source and target site)."""
     import json
 
-    from ml.bench_mtloc import main
-    from ml.bench_report import render
+    from bench.mtloc import main
+    from bench.report import render
 
     for site in ("src", "dst"):
         (tmp_path / "ilc2020" / site).mkdir(parents=True)

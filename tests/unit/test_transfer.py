@@ -374,7 +374,7 @@ def test_msta_constraints() -> None:
 
 
 def test_bench_transfer_runs_on_fixtures(tmp_path: Path) -> None:
-    from ml.bench_transfer import main
+    from bench.transfer import main
 
     data = uji_data_dir(tmp_path)
     out = tmp_path / "out"
@@ -452,7 +452,7 @@ def test_unified_model_detects_the_site_and_locates(
 def test_bench_transfer_run_does_not_depend_on_the_cache_or_on_what_ran_before(tmp_path: Path) -> None:
     """A target's figures are the same whether its source artifacts were just built in this process or read
     from the cache, and whether another target's study ran before it in the same process."""
-    from ml.bench_transfer import main
+    from bench.transfer import main
 
     data = uji_data_dir(tmp_path)
     params = json.dumps({**TINY, "epochs": 6, "gan_steps": 10, "pretrain_epochs": 2, "sae_epochs": 2})

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml.bench import main as bench_main
+from bench.core import main as bench_main
 from ml.data.features import FingerprintSet, build_set
 from ml.detect import detect_site, score_sites
 from ml.evaluate import metrics
@@ -389,7 +389,7 @@ def test_bench_uji_on_the_fixtures_writes_metrics_and_cdf(tmp_path: Path) -> Non
     assert (out / "uji_wknn_t_cdf.png").stat().st_size > 1000
 
     # the report renders the run into a table, and keeps a table as it is when one of its runs is not here
-    from ml.bench_report import render
+    from bench.report import render
 
     table = "<!-- bench-table: accuracy uji_wknn_t.json {extra}-->\nold row\n<!-- /bench-table -->"
     text, missing = render(table.format(extra=""), out)
@@ -413,7 +413,7 @@ def test_bench_reports_a_missing_data_dir(tmp_path: Path, capsys: pytest.Capture
 
 def test_every_bench_subcommand_parses_the_ilc_options() -> None:
     """`detect` builds ILC site splits too, so it must carry --split like `ilc` (it crashed without it)."""
-    from ml.bench import parse_args
+    from bench.core import parse_args
 
     for sub in ("uji", "ilc", "detect"):
         assert parse_args([sub], "siteloc bench").split == "path"

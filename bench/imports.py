@@ -1,6 +1,6 @@
 """Import throughput and server peak memory: survey archives uploaded through the API.
 
-    python -m app.benchmarks.import_bench [--data-dir ../shared/data] [--archive ilc2020/site1/F1.tar.xz ...]
+    python -m bench.imports [--data-dir ../shared/data] [--archive ilc2020/site1/F1.tar.xz ...]
         [--all] [--window-stride-ms 500] [--out bench-out]
 
 Starts `siteloc serve` (embedded mode, a fresh SQLite file; set SITELOC_DATABASE_URL/SITELOC_REDIS_URL for
@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from app.benchmarks.serve import RssSampler, Server
+from bench.serve import RssSampler, Server
 
 
 def default_data_dir() -> Path:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     result = {
-        "command": "python -m app.benchmarks.import_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench.imports " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {_cpus()} CPUs",
         "server_idle_rss_mib": round(idle_rss, 1),
         "uploads": rows,

@@ -1,7 +1,7 @@
 """MTLoc benchmark (issue 6): paper 000's Table V and VI layouts on ILC 2020, against wknn on the same test points.
 
-    python -m ml.bench_mtloc                       # source site1 (all floors) -> every site2 floor
-    python -m ml.bench_mtloc --floors F3 --fractions 0.25,1 --epochs 10 --pretrain-epochs 5   # a quick look
+    python -m bench.mtloc                       # source site1 (all floors) -> every site2 floor
+    python -m bench.mtloc --floors F3 --fractions 0.25,1 --epochs 10 --pretrain-epochs 5   # a quick look
 
 Protocol, per target floor:
 
@@ -19,7 +19,7 @@ Protocol, per target floor:
    site would be given) and answers each test window's WiFi scan (the latest at or before the window's end). Beside
    every figure: the coverage bound, each test point's distance to the nearest training label.
 
-Results: `<out>/mtloc_<site>_<floor>[_<tag>].json`; `python -m ml.bench_report docs/benchmarks/mtloc.md` renders them.
+Results: `<out>/mtloc_<site>_<floor>[_<tag>].json`; `python -m bench.report docs/benchmarks/mtloc.md` renders them.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.bench import _json_default, git_commit, machine, resolve_data_dir
+from bench.core import _json_default, git_commit, machine, resolve_data_dir
 from ml.data.features import FingerprintSet, build_set
 from ml.data.ilc2020 import ilc_floors, read_ilc_fingerprints, read_ilc_windows
 from ml.data.splits import split_by_group, train_fraction_subset
@@ -212,7 +212,7 @@ def run_floor(
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ml.bench_mtloc", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.mtloc", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", type=Path, default=None, help="default: ../shared/data")
     p.add_argument("--source", default="site1", help="source site: every floor pretrains the IMU-LSTM")
     p.add_argument("--target", default="site2")
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"mse {art.config['loss'][0]} -> {art.config['loss'][-1]}"
             )
         del sources
-    command = shlex.join(["python", "-m", "ml.bench_mtloc", *argv])
+    command = shlex.join(["python", "-m", "bench.mtloc", *argv])
     for floor in floors:
         result = {
             "name": f"mtloc_{args.target}_{floor}" + (f"_{args.tag}" if args.tag else ""),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.bench import source_digest
+from bench.core import source_digest
 from ml.data.features import FingerprintSet, build_set
 from ml.data.splits import split_by_group, train_fraction_subset
 
@@ -41,7 +41,7 @@ def load_site(
     name: str, data_dir: Path, cache_dir: Path | None, test_fraction: float = 0.25, seed: int = 0
 ) -> SiteData:
     key = f"{name}" if name in UJI_SITES else f"{name}_test{test_fraction:g}_seed{seed}"
-    key += f"_{source_digest('ml/data/*.py', 'ml/bench_sites.py')}"  # never a cache an older reader built
+    key += f"_{source_digest('ml/data/*.py', 'bench/sites.py')}"  # never a cache an older reader built
     if cache_dir is not None:
         cached = _load_cached(cache_dir, key)
         if cached is not None:

@@ -1,8 +1,8 @@
 """Co-training benchmark (issue 5): does one update from unlabeled later queries help, and does the guard hold?
 
-    python -m ml.bench_cotrain uji --split phone     # validationData halves by phone (other phones, months later)
-    python -m ml.bench_cotrain uji --split random    # validationData halves at random
-    python -m ml.bench_cotrain ilc --site site1 --floor F1   # earliest paths survey, later paths as queries
+    python -m bench.cotrain uji --split phone     # validationData halves by phone (other phones, months later)
+    python -m bench.cotrain uji --split random    # validationData halves at random
+    python -m bench.cotrain ilc --site site1 --floor F1   # earliest paths survey, later paths as queries
 
 The protocol is the service's (`app/services/training.py` and `app/services/cotrain.py`), run in-process:
 
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ml.bench import (
+from bench.core import (
     BenchError,
     _json_default,
     _json_object,
@@ -210,7 +210,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--tag", default="")
     common.add_argument("-v", "--verbose", action="store_true")
-    parser = argparse.ArgumentParser(prog="python -m ml.bench_cotrain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.cotrain", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="dataset", required=True)
     uji = sub.add_parser("uji", parents=[common], help="trainingData survey; validationData halves A/B")
     uji.add_argument("--split", choices=("phone", "random"), default="phone")
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     git_commit()  # the code that runs, not what is checked out when a long run ends (cached for the process)
     args = parse_args(argv)
-    command = shlex.join(["python", "-m", "ml.bench_cotrain", *argv])
+    command = shlex.join(["python", "-m", "bench.cotrain", *argv])
     try:
         data_dir = resolve_data_dir(args.data_dir)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = f"ilc_{args.site}_{args.floor}"
             run_study(name, desc, survey, later, "path", args, command, f"{name}|{args.later_fraction}")
     except (BenchError, FileNotFoundError, ValueError) as exc:
-        print(f"python -m ml.bench_cotrain: error: {exc}", file=sys.stderr)
+        print(f"python -m bench.cotrain: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,6 +1,6 @@
 """/locate under load: throughput and latency of a real server, every answered query stored.
 
-    python -m app.benchmarks.locate_load [--data-dir ../shared/data] [--duration 20] [--connections 32]
+    python -m bench.locate_load [--data-dir ../shared/data] [--duration 20] [--connections 32]
         [--workers 1] [--database-url URL --redis-url URL] [--out bench-out]
 
 Starts `siteloc serve` (embedded mode in a fresh SQLite file unless --database-url/--redis-url name PostgreSQL and
@@ -28,8 +28,8 @@ from typing import Any
 
 import httpx
 
-from app.benchmarks.import_bench import default_data_dir
-from app.benchmarks.serve import Server
+from bench.imports import default_data_dir
+from bench.serve import Server
 from ml.data.jsonl import fingerprint_to_json
 from ml.data.ujiindoorloc import read_ujiindoorloc
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 worker.wait(timeout=30)
     stored = after - before
     result = {
-        "command": "python -m app.benchmarks.locate_load " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m bench.locate_load " + " ".join(argv if argv is not None else sys.argv[1:]),
         "mode": "full" if full else "embedded",
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs (shared by server, wrk and database)",
         "site_fingerprints": 19937,

@@ -517,4 +517,4 @@ def main(argv: Sequence[str] | None = None, prog: str = "siteloc bench") -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(prog="python -m ml.bench"))
+    raise SystemExit(main(prog="python -m bench"))

@@ -1,9 +1,9 @@
-"""`python -m ml.bench_transfer`: the cross-site transfer study of issue 7 (paper 004 Table 1 layout).
+"""`python -m bench.transfer`: the cross-site transfer study of issue 7 (paper 004 Table 1 layout).
 
-    python -m ml.bench_transfer                                  # everything (hours on 2 CPU cores)
-    python -m ml.bench_transfer --targets uji_b0 --models dnn --uji-repeats 2
+    python -m bench.transfer                                  # everything (hours on 2 CPU cores)
+    python -m bench.transfer --targets uji_b0 --models dnn --uji-repeats 2
 
-Sites (see `ml.bench_sites`): the three UJIIndoorLoc buildings and the two ILC 2020 malls. For
+Sites (see `bench.sites`): the three UJIIndoorLoc buildings and the two ILC 2020 malls. For
 every target site the other sites are the sources. Each source site contributes what its model
 version would store (`ml.transfer.make_source_artifact`, built from its full training data):
 an msta teacher per site, and for encoder one base pretrained jointly on the target's sources.
@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.bench import cpu_info, git_commit, machine, resolve_data_dir, source_digest
-from ml.bench_sites import ALL_SITES, ILC_SITES, SiteData, load_site, small_train
+from bench.core import cpu_info, git_commit, machine, resolve_data_dir, source_digest
+from bench.sites import ALL_SITES, ILC_SITES, SiteData, load_site, small_train
 from ml.data.features import FingerprintSet
 from ml.evaluate import metrics
 from ml.models.base import QueryBatch
@@ -387,7 +387,7 @@ def _convergence_table(
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m ml.bench_transfer", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.transfer", description=__doc__.split("\n")[0])
     ap.add_argument("--targets", default=",".join(ALL_SITES), help="comma-separated target sites")
     ap.add_argument("--sources", default=",".join(ALL_SITES), help="sites that may serve as sources")
     ap.add_argument("--models", default="dnn,cnnloc")
@@ -438,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs_path = args.out / f"{stem}_runs.jsonl"
     if args.unified:
         result = {
-            "command": shlex.join(["python", "-m", "ml.bench_transfer", *argv]),
+            "command": shlex.join(["python", "-m", "bench.transfer", *argv]),
             "git_commit": commit,
             "machine": machine(),
             "params": asdict(ap.net),
@@ -453,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = [r for r in runs if r["model"] in args.models and r["target"] in args.targets]
     summary = summarize(wanted, args.strategies)
     result = {
-        "command": shlex.join(["python", "-m", "ml.bench_transfer", *argv]),
+        "command": shlex.join(["python", "-m", "bench.transfer", *argv]),
         "git_commit": commit,
         "machine": machine(),
         "torch_threads": args.threads,

@@ -1,6 +1,6 @@
 """Regenerate the tables of docs/benchmarks/README.md from the JSON files the benchmarks wrote.
 
-    python -m ml.bench_report [docs/benchmarks/README.md] [--bench-out DIR ...] [--check]
+    python -m bench.report [docs/benchmarks/README.md] [--bench-out DIR ...] [--check]
 
 Every table in the document sits between a marker line and `<!-- /bench-table -->`:
 
