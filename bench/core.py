@@ -34,6 +34,7 @@ import numpy as np
 from ml.data.features import FingerprintSet, build_set
 from ml.detect import detect_site
 from ml.evaluate import errors_m, metrics
+from ml.finetune import finetune, fit_model
 from ml.models import available_models, get_model_class
 from ml.models.base import LocModel, QueryBatch
 from ml.types import Fingerprint
@@ -147,9 +148,13 @@ def train_model(
         if verbose:
             print(f"  [{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
 
+    cls = get_model_class(model_name)
+    fraction, by = cls.holdout_settings(params)
     t0 = time.perf_counter()
-    model = get_model_class(model_name).fit(train, params, seed=seed, progress=progress)
-    return model, time.perf_counter() - t0
+    done = finetune(
+        train, fit_model(cls, params, seed=seed), holdout_fraction=fraction, holdout_by=by, seed=seed, progress=progress
+    )
+    return done.model, time.perf_counter() - t0
 
 
 def measure_latency(model: LocModel, test: FingerprintSet, n_train: int) -> dict[str, Any]:

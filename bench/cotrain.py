@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.core import (
     BenchError,
     _json_default,
@@ -47,7 +49,7 @@ from bench.core import (
 )
 from ml.cotrain import holdout_guard
 from ml.data.features import build_set
-from ml.data.splits import split_by_group
+from ml.data.splits import holdout_split, split_by_group
 from ml.evaluate import metrics
 from ml.models import get_model_class
 from ml.models.base import LocModel, QueryBatch
@@ -57,11 +59,10 @@ from ml.types import Fingerprint
 KEYS = ("n", "mean_m", "median_m", "p75_m", "p95_m", "floor_hit", "building_hit")
 
 
-def survey_holdout(fps: list[Fingerprint], fraction: float, seed: int) -> tuple[list[Fingerprint], list[Fingerprint]]:
-    """The finetune job's split (`split_holdout`): whole paths, else rows."""
-    groups = [fp.path if fp.path is not None else f"row{i}" for i, fp in enumerate(fps)]
-    fit_idx, hold_idx = split_by_group(groups, fraction, seed)
-    return [fps[i] for i in fit_idx], [fps[i] for i in hold_idx]
+def survey_holdout(fps: list[Fingerprint], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The finetune job's split (`ml.data.splits.holdout_split`, as `ml.finetune` makes it): (fit, holdout) rows."""
+    fit_idx, hold_idx, _ = holdout_split(build_set(fps), fraction, seed)
+    return fit_idx, hold_idx
 
 
 def halves(later: list[Fingerprint], by: str, seed: int) -> tuple[list[Fingerprint], list[Fingerprint]]:
@@ -85,8 +86,16 @@ def score(model: LocModel, fps: list[Fingerprint]) -> dict[str, Any]:
 
 
 def trained_model(
-    name: str, fit: list[Fingerprint], params: dict[str, Any], seed: int, cache: Path, key: str, verbose: bool
+    name: str,
+    survey: list[Fingerprint],
+    holdout: np.ndarray,
+    params: dict[str, Any],
+    seed: int,
+    cache: Path,
+    key: str,
+    verbose: bool,
 ) -> tuple[LocModel, float | None]:
+    """The finetune job's fit: the survey minus its holdout trained on, the holdout for the model's selection."""
     code = source_digest("ml/**/*.py")  # a model trained by older code is never reused
     digest = hashlib.sha256(json.dumps([name, key, params, seed, code], sort_keys=True).encode()).hexdigest()[:16]
     blob, cfg = cache / f"{digest}.safetensors", cache / f"{digest}.json"
@@ -99,7 +108,7 @@ def trained_model(
             print(f"  [{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    model = get_model_class(name).fit(build_set(fit), params, seed=seed, progress=progress)
+    model = get_model_class(name).fit(build_set(survey), params, holdout=holdout, seed=seed, progress=progress)
     train_s = time.perf_counter() - t0
     cache.mkdir(parents=True, exist_ok=True)
     weights, config = dumps(model)
@@ -118,7 +127,8 @@ def run_study(
     command: str,
     survey_key: str,
 ) -> dict[str, Any]:
-    fit, hold = survey_holdout(survey, args.holdout_fraction, args.seed)
+    fit_idx, hold_idx = survey_holdout(survey, args.holdout_fraction, args.seed)
+    fit, hold = [survey[i] for i in fit_idx], [survey[i] for i in hold_idx]
     a, b = halves(later, split_by, args.seed)
     if not fit or not hold or not a or not b:
         raise BenchError(f"{name}: an empty part (fit {len(fit)}, holdout {len(hold)}, A {len(a)}, B {len(b)})")
@@ -128,7 +138,9 @@ def run_study(
         flush=True,
     )
     key = f"{survey_key}|{args.holdout_fraction}|{len(fit)}"  # the survey, not how the later data is split
-    model, train_s = trained_model(args.model, fit, args.params, args.seed, args.out / ".cache", key, args.verbose)
+    model, train_s = trained_model(
+        args.model, survey, hold_idx, args.params, args.seed, args.out / ".cache", key, args.verbose
+    )
     if not model.supports_cotrain:
         raise BenchError(f"model {args.model} does not support co-training")
     before = {"B": score(model, b), "holdout": score(model, hold), "A": score(model, a)}

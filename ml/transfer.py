@@ -227,6 +227,7 @@ def fit_transfer(
     sources: Sequence[SourceArtifact],
     params: Mapping[str, Any] | None = None,
     *,
+    holdout: np.ndarray | None = None,
     seed: int = 0,
     progress: ProgressFn = no_progress,
     device: str = "cpu",
@@ -234,17 +235,19 @@ def fit_transfer(
     """Train `model_name` for the target site with `strategy`; returns (model, report).
 
     The model is a plain `dnn`/`cnnloc` (serialise it with `ml.serialize.dumps`); the report is
-    also stored in its config under "training"."""
+    also stored in its config under "training". `holdout` as in `LocModel.fit`: given (the finetune
+    pipeline's), the kept candidate is not refitted here but can be with `model.refit`."""
     cls = net_class(model_name)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     ap = split_params(params)
-    prep = prepare(model_name, target, ap.net, seed, device)
+    prep = prepare(model_name, target, ap.net, seed, device, holdout)
     names = ["scratch"] if strategy == "scratch" else ["scratch", strategy]
     cands = train_candidates(prep, names, sources, ap, span_progress(progress, 0.0, 0.85))
     chosen = choose(cands, strategy, ap.transfer.keep_better)
     report = transfer_report(prep, cands, strategy, chosen, sources, ap)
-    model = finalize(cls, cands[chosen], prep, report, span_progress(progress, 0.85, 1.0))
+    refit = None if holdout is None else False
+    model = finalize(cls, cands[chosen], prep, report, span_progress(progress, 0.85, 1.0), refit=refit)
     progress(1.0, f"done: kept {chosen}")
     return model, model.training
 

@@ -13,7 +13,6 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
 from sqlalchemy import func, or_, select, update
 
 from app.config import Settings
@@ -25,15 +24,13 @@ from app.services.jobs import JobContext, JobFailed, ProgressReporter, create_jo
 from app.services.registry import activate, publish_version
 from app.services.training import load_site_fingerprints
 from ml.cotrain import CotrainConfig, holdout_guard
-from ml.data.features import FingerprintSet, build_set
-from ml.evaluate import metrics as score
+from ml.data.features import build_set
+from ml.finetune import evaluate
 from ml.models import get_model_class
-from ml.models.base import LocModel, QueryBatch
 from ml.serialize import dumps, loads
 from ml.types import Fingerprint
 
 log = logging.getLogger(__name__)
-PUBLIC_METRICS = ("mean_m", "median_m", "p75_m", "p95_m", "floor_hit", "building_hit", "n")
 
 
 def _active_version(s: Any, site_id: str) -> ModelVersion | None:
@@ -174,7 +171,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
     except (ValueError, KeyError, TypeError) as exc:
         raise JobFailed(f"co-training failed: {exc}") from exc
     progress(0.92, "judging the update on the survey holdout")
-    before, after = _holdout_metrics(model, holdout), _holdout_metrics(new_model, holdout)
+    before, after = evaluate(model, holdout), evaluate(new_model, holdout)
     promote, reason = _judge(before, after, ctx.settings.cotrain_tolerance, guard)
     weights, config = dumps(new_model)
     training = {
@@ -254,17 +251,6 @@ def _load_queries(s: Any, site_id: str, limit: int) -> tuple[list[str], list[Fin
         for _, w, d, t, c in rows
     ]
     return [r[0] for r in rows], fps
-
-
-def _holdout_metrics(model: LocModel, holdout: FingerprintSet) -> dict[str, Any] | None:
-    if len(holdout) == 0:
-        return None
-    m = score(model.predict(QueryBatch.from_set(holdout)), holdout)
-    return {
-        k: (None if isinstance(m.get(k), float) and not np.isfinite(m[k]) else m.get(k))
-        for k in PUBLIC_METRICS
-        if k in m
-    }
 
 
 def _judge(before: dict[str, Any] | None, after: dict[str, Any] | None, tol: float, guard: bool) -> tuple[bool, str]:

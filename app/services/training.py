@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
@@ -26,10 +25,9 @@ from app.services.transfer import (
     source_artifacts,
 )
 from ml.data.features import FingerprintSet, build_set
-from ml.data.splits import split_by_group, train_fraction_subset
-from ml.evaluate import metrics as score
+from ml.finetune import FitFn, finetune, fit_model
 from ml.models import available_models, get_model_class
-from ml.models.base import LocModel, QueryBatch
+from ml.models.base import LocModel, ProgressFn
 from ml.seed import seed_everything
 from ml.serialize import dumps
 from ml.types import Fingerprint
@@ -167,15 +165,10 @@ def load_training_rows(s: Any, site_id: str, cls: type[LocModel]) -> list[Finger
     return load_site_windows(s, site_id) if cls.trains_on == "windows" else load_site_fingerprints(s, site_id)
 
 
-def split_holdout(fs: FingerprintSet, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hold out whole paths (or rows when the survey has no paths); none when too small to spare."""
-    n = len(fs)
-    if fraction <= 0 or n < 10:
-        return np.arange(n), np.array([], dtype=np.int64)
-    return split_by_group(fs.path, fraction, seed)
-
-
 def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, Any]:
+    """The finetune pipeline (`ml.finetune`: split -> fit -> evaluate -> refit) on the site's survey, published
+    as a new version. Its metrics are the scored model's on the holdout; what is served is that model refitted
+    once on the whole survey (wknn, dnn, cnnloc and transfer fits) or the scored model itself (itoloc, mtloc)."""
     body = FinetuneIn.model_validate(job.params)
     site_id = job.site_id
     assert site_id is not None
@@ -191,55 +184,55 @@ def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[
     if not fps:
         raise JobFailed(f"the site has no survey {'sensor windows' if cls.trains_on == 'windows' else 'fingerprints'}")
     seed_everything(body.seed)
-    full = build_set(fps, aps=vocab)
-    train_idx, hold_idx = split_holdout(full, holdout_fraction, body.seed)
-    if body.train_fraction is not None and body.train_fraction < 1:
-        sub = train_fraction_subset(full.path[train_idx], body.train_fraction, body.seed)
-        train_idx = train_idx[sub]
-    train = _drop_unheard_aps(full.subset(train_idx))
-    if len(train) == 0:
-        raise JobFailed("no training fingerprints left after the holdout/train_fraction split")
-    holdout = full.subset(hold_idx)
-
+    full = _drop_unheard_aps(build_set(fps, aps=vocab))
     strategy = body.strategy or "scratch"
-    transfer: dict[str, Any] | None = None
-    t0 = time.perf_counter()
+    transfer: dict[str, Any] = {}
     if strategy != "scratch":  # request_finetune checked it is one of TRANSFER[body.model]
         fit_transfer = _fit_mtloc_transfer if body.model == "mtloc" else _fit_transfer
-        model, transfer = fit_transfer(ctx, job, body, train, params, progress)
+        fit = fit_transfer(ctx, job, body, params, progress.span(0.02, 0.4), transfer)
+        span = progress.span(0.4, 0.95)
     else:
-        model = _fit(cls, train, params, body.seed, progress.span(0.05, 0.85), ctx.device)
-    train_time = time.perf_counter() - t0
-    metrics = _evaluate(model, holdout) if len(holdout) else None
-    refit = cls.refit_with_holdout and transfer is None and len(holdout) > 0 and body.train_fraction in (None, 1.0)
-    if refit:
-        progress.span(0.85, 0.95)(0.0, "refitting on the whole survey")
-        both = _drop_unheard_aps(full.subset(np.concatenate([train_idx, hold_idx])))
-        model = _fit(cls, both, {**params, **_tuned(model)}, body.seed, progress.span(0.85, 0.95), ctx.device)
+        fit = _fit(cls, params, body.seed, ctx.device)
+        span = progress.span(0.02, 0.95)
+    done = finetune(
+        full,
+        fit,
+        holdout_fraction=holdout_fraction,
+        holdout_by=str(params.get("holdout_by", "auto")),
+        seed=body.seed,
+        train_fraction=body.train_fraction,
+        progress=span,
+        device=ctx.device,
+    )
+    if len(done.holdout.fit) == 0:
+        raise JobFailed("no training fingerprints left after the holdout/train_fraction split")
+    model = done.model
     progress(0.96, "storing the model")
     weights, config = dumps(model)
-    hold_ids = [fps[i].extra["id"] for i in hold_idx]
+    hold_ids = [fps[i].extra["id"] for i in done.holdout.hold]
     rows_kind = "window" if cls.trains_on == "windows" else "fingerprint"
     training = {
         "job_id": job.id,
         "seed": body.seed,
-        "strategy": body.strategy or "scratch",
+        "strategy": strategy,
         "transfer_from": body.transfer_from,
         "train_fraction": body.train_fraction,
         "params": params,
         "n_fingerprints": len(full),
-        "n_train": len(train_idx),
-        "n_holdout": len(hold_idx),
-        "refit_with_holdout": refit,
+        "n_train": len(done.holdout.fit),
+        "n_holdout": len(done.holdout.hold),
+        "holdout_by": done.holdout.by,
+        "refit_with_holdout": done.refitted,
+        "fits": done.fits,
         f"holdout_{rows_kind}_ids": hold_ids,
         "trained_on": cls.trains_on,
         "n_aps": len(model.aps),
-        "train_time_s": round(train_time, 3),
+        "train_time_s": round(done.train_s, 3),
         "device": ctx.device,
     }
-    if transfer is not None:
+    if transfer:
         training["transfer"] = transfer
-    public_metrics = _public_metrics(metrics)
+    public_metrics = _public_metrics(done.metrics)
     with ctx.db.session() as s:
         mv = publish_version(
             s,
@@ -261,7 +254,9 @@ def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[
                 "status": mv.status,
                 "n_train": training["n_train"],
                 "n_holdout": training["n_holdout"],
-                **({"transfer": _transfer_brief(transfer)} if transfer is not None else {}),
+                "fits": done.fits,
+                "refit_with_holdout": done.refitted,
+                **({"transfer": _transfer_brief(transfer)} if transfer else {}),
             },
             message=f"model version {mv.version} ({mv.status})",
         )
@@ -276,11 +271,12 @@ def _fit_transfer(
     ctx: JobContext,
     job: Job,
     body: FinetuneIn,
-    train: FingerprintSet,
     params: dict[str, Any],
     progress: ProgressReporter,
-) -> tuple[LocModel, dict[str, Any]]:
-    """Source artifacts (reused or built), then the transfer fit with its scratch baseline beside it."""
+    transfer: dict[str, Any],
+) -> FitFn:
+    """Source artifacts (reused or built) now; the fit trains the transfer candidate with its scratch baseline
+    beside it and keeps the better on the holdout. `transfer` receives the artifact notes and the report."""
     strategy = body.strategy or "scratch"
 
     def load_set(site_id: str) -> FingerprintSet:
@@ -289,44 +285,47 @@ def _fit_transfer(
             vocab = site_vocabulary(s, site_id)
         return _drop_unheard_aps(build_set(fps, aps=vocab))
 
-    try:
-        artifacts, notes = source_artifacts(
-            ctx.db,
-            model=body.model,
-            strategy=strategy,
-            sources=list(body.transfer_from or []),
-            params=params,
-            seed=body.seed,
-            device=ctx.device,
-            job_id=job.id,
-            progress=progress.span(0.05, 0.4),
-            load_set=load_set,
-        )
+    artifacts, notes = source_artifacts(
+        ctx.db,
+        model=body.model,
+        strategy=strategy,
+        sources=list(body.transfer_from or []),
+        params=params,
+        seed=body.seed,
+        device=ctx.device,
+        job_id=job.id,
+        progress=progress,
+        load_set=load_set,
+    )
+
+    def fit(rows: FingerprintSet, holdout: np.ndarray, span: ProgressFn) -> LocModel:
         model, report = fit_with_transfer(
             model=body.model,
             strategy=strategy,
-            train=train,
+            train=rows,
+            holdout=holdout,
             artifacts=artifacts,
             params=params,
             seed=body.seed,
             device=ctx.device,
-            progress=progress.span(0.4, 0.9),
+            progress=span,
         )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise JobFailed(f"{body.model} {strategy} transfer failed: {exc}") from exc
-    return model, {"artifacts": notes, "report": report}
+        transfer.update({"artifacts": notes, "report": report})
+        return model
+
+    return fit
 
 
 def _fit_mtloc_transfer(
     ctx: JobContext,
     job: Job,
     body: FinetuneIn,
-    train: FingerprintSet,
     params: dict[str, Any],
     progress: ProgressReporter,
-) -> tuple[LocModel, dict[str, Any]]:
-    """The IMU-LSTM pretrained on the source sites' windows (reused or built), then MTLoc with it frozen or
-    trainable."""
+    transfer: dict[str, Any],
+) -> FitFn:
+    """The IMU-LSTM pretrained on the source sites' windows (reused or built) now; the fit trains MTLoc with it
+    frozen or trainable."""
     from ml.models.mtloc import MTLoc
 
     strategy = body.strategy or "scratch"
@@ -335,29 +334,31 @@ def _fit_mtloc_transfer(
         with ctx.db.session() as s:
             return build_set(load_site_windows(s, site_id), aps=[])
 
-    try:
-        artifact, note = mtloc_imu_artifact(
-            ctx.db,
-            sources=list(body.transfer_from or []),
-            params=params,
-            seed=body.seed,
-            device=ctx.device,
-            job_id=job.id,
-            progress=progress.span(0.05, 0.4),
-            load_set=load_set,
-        )
-        model = MTLoc.fit(
-            train,
+    artifact, note = mtloc_imu_artifact(
+        ctx.db,
+        sources=list(body.transfer_from or []),
+        params=params,
+        seed=body.seed,
+        device=ctx.device,
+        job_id=job.id,
+        progress=progress,
+        load_set=load_set,
+    )
+    transfer.update({"artifacts": [note], "report": {"strategy": strategy, "sources": note["sites"]}})
+
+    def fit(rows: FingerprintSet, holdout: np.ndarray, span: ProgressFn) -> LocModel:
+        return MTLoc.fit(
+            rows,
             params,
+            holdout=holdout,
             seed=body.seed,
-            progress=progress.span(0.4, 0.9),
+            progress=span,
             device=ctx.device,
             imu_source=artifact,
             strategy=strategy,
         )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise JobFailed(f"mtloc {strategy} transfer failed: {exc}") from exc
-    return model, {"artifacts": [note], "report": {"strategy": strategy, "sources": note["sites"]}}
+
+    return fit
 
 
 def _transfer_brief(transfer: dict[str, Any]) -> dict[str, Any]:
@@ -371,39 +372,11 @@ def _transfer_brief(transfer: dict[str, Any]) -> dict[str, Any]:
     return brief
 
 
-def _fit(
-    cls: type[LocModel],
-    train: FingerprintSet,
-    params: dict[str, Any],
-    seed: int,
-    progress: ProgressReporter,
-    device: str,
-) -> LocModel:
-    try:
-        return cls.fit(train, params, seed=seed, progress=progress, device=device)
-    except (ValueError, KeyError, TypeError) as exc:
-        # Model code raises these for bad params or unusable data: a user error, not a crash.
-        raise JobFailed(f"{cls.name} training failed: {exc}") from exc
-
-
-def _tuned(model: LocModel) -> dict[str, Any]:
-    """The settings a model chose while tuning, so the refit does not tune again."""
-    chosen = model.config().get("params")
-    if not isinstance(chosen, dict):
-        return {}
-    out = dict(chosen)
-    if "tune" in out:
-        out["tune"] = False
-    return out
-
-
-def _evaluate(model: LocModel, holdout: FingerprintSet) -> dict[str, Any]:
-    pred = model.predict(QueryBatch.from_set(holdout.with_aps(model.aps)))
-    return score(pred, holdout)
+def _fit(cls: type[LocModel], params: dict[str, Any], seed: int, device: str) -> FitFn:
+    return fit_model(cls, params, seed=seed, device=device)
 
 
 def _public_metrics(m: dict[str, Any] | None) -> dict[str, Any]:
-    keys = ("mean_m", "median_m", "p75_m", "p95_m", "floor_hit", "building_hit", "n", "error_estimate_spearman")
     if m is None:
         return {
             "mean_m": None,
@@ -413,7 +386,7 @@ def _public_metrics(m: dict[str, Any] | None) -> dict[str, Any]:
             "n": 0,
             "note": "no holdout: the survey was too small to hold paths out",
         }
-    return {k: (None if isinstance(m.get(k), float) and not np.isfinite(m[k]) else m.get(k)) for k in keys if k in m}
+    return m
 
 
 def _drop_unheard_aps(fs: FingerprintSet) -> FingerprintSet:

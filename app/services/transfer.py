@@ -143,15 +143,18 @@ def fit_with_transfer(
     model: str,
     strategy: str,
     train: FingerprintSet,
+    holdout: Any,
     artifacts: list[Any],
     params: dict[str, Any],
     seed: int,
     device: str,
-    progress: ProgressReporter,
+    progress: Any,
 ) -> tuple[LocModel, dict[str, Any]]:
     from ml.transfer import fit_transfer
 
-    return fit_transfer(model, strategy, train, artifacts, params, seed=seed, progress=progress, device=device)
+    return fit_transfer(
+        model, strategy, train, artifacts, params, holdout=holdout, seed=seed, progress=progress, device=device
+    )
 
 
 def _aware(dt: Any) -> Any:

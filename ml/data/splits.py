@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ml.data.features import FingerprintSet
 
 _SUBSET_STREAM = 0x5B5E7  # decorrelates train_fraction_subset from split_by_group for the same seed
 _DAY_MS = 86_400_000
@@ -97,6 +100,66 @@ def train_fraction_subset(groups: Labels, fraction: float, seed: int) -> np.ndar
     k = max(1, _round_half_up(fraction * n_groups))
     perm = np.random.default_rng([seed, _SUBSET_STREAM]).permutation(n_groups)
     return _by_group_mask(codes, perm[:k])[1]
+
+
+# ---------------------------------------------------------------------------- the holdout of a fit
+
+HOLDOUT_BY = ("auto", "path", "position", "user", "device", "rows")
+
+
+class Holdout(NamedTuple):
+    fit: np.ndarray  # sorted int64 row indices trained on
+    hold: np.ndarray  # sorted int64 row indices held out (validation, selection, calibration, metrics)
+    by: str  # the grouping used: path, position, user, device or rows
+
+
+def holdout_groups(fs: FingerprintSet, by: str) -> tuple[np.ndarray | None, str]:
+    """Group label per row for a holdout, and the name of the grouping used (None: single rows).
+
+    "auto" = whole paths when every row has one, else survey positions (floor + x, y to 0.1 m):
+    scans taken at one spot are near-duplicates, so scoring a row against its own spot's
+    siblings would reward memorising and leak.
+    """
+    if by not in HOLDOUT_BY:
+        raise ValueError(f"holdout_by must be one of {', '.join(HOLDOUT_BY)}")
+    if by == "rows":
+        return None, "rows"
+    order = ("path", "position") if by == "auto" else (by,)
+    for name in order:
+        if name == "position":
+            keys = [f"{b}|{f}|{x:.1f}|{y:.1f}" for b, f, (x, y) in zip(fs.building, fs.floor, fs.xy, strict=True)]
+            col = np.array(keys, dtype=object)
+        else:
+            col = getattr(fs, name)
+        if all(v is not None for v in col) and len(set(col.tolist())) >= 2:
+            return col, name
+    return None, "rows"
+
+
+def holdout_split(fs: FingerprintSet, fraction: float, seed: int, by: str = "auto") -> Holdout:
+    """The one holdout splitter of every fit (the finetune pipeline, the models' own validation, the benchmarks).
+
+    Per floor, a seeded `fraction` of its groups (whole paths, else survey positions, see `holdout_groups`)
+    held out, at least one group of every floor kept to fit. Unstratified, a small survey can lose a whole
+    floor to the holdout, which then rewards an untrained network. Nothing is held out when `fraction` is 0
+    or the set has fewer than 10 rows.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    col, name = holdout_groups(fs, by)
+    if fraction == 0 or len(fs) < 10:
+        return Holdout(np.arange(len(fs), dtype=np.int64), np.empty(0, dtype=np.int64), name)
+    groups = np.arange(len(fs)).astype(str).astype(object) if col is None else col
+    rng = np.random.default_rng(seed)
+    hold = np.zeros(len(fs), dtype=bool)
+    keys = fs.floor_key
+    for key in sorted(set(keys.tolist())):
+        rows = keys == key
+        uniq = sorted(set(groups[rows].tolist()))
+        n_hold = min(len(uniq) - 1, round(fraction * len(uniq)))
+        if n_hold > 0:
+            hold |= rows & np.isin(groups, rng.choice(np.array(uniq, dtype=object), size=n_hold, replace=False))
+    return Holdout(_indices(~hold), _indices(hold), name)
 
 
 # ---------------------------------------------------------------------------- helpers

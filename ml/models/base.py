@@ -54,9 +54,6 @@ class Prediction:
 
 class LocModel(ABC):
     name: ClassVar[str]
-    # After the holdout has scored the model, retrain on train + holdout for serving? Models that
-    # are later updated by co-training keep the holdout unseen so updates can be judged on it.
-    refit_with_holdout: ClassVar[bool] = True
     # What the finetune job trains it on: the survey's WiFi scans, or its sensor windows (each with the
     # latest scan at or before the window's end).
     trains_on: ClassVar[str] = "scans"
@@ -69,11 +66,32 @@ class LocModel(ABC):
         train: FingerprintSet,
         params: dict[str, Any],
         *,
+        holdout: np.ndarray | None = None,
         seed: int = 0,
         progress: ProgressFn = no_progress,
         device: str = "cpu",
     ) -> LocModel:
-        """Train on `train`; `params` overrides the model's config defaults."""
+        """Train on `train`; `params` overrides the model's config defaults.
+
+        `holdout`: row indices of `train` that are never fitted, only used to pick settings/epochs and to
+        calibrate `error_m` (the finetune pipeline, `ml.finetune`, passes its holdout here; an empty array
+        means "no validation rows": fixed settings). None: the model holds out rows itself with
+        `ml.data.splits.holdout_split` where it needs them, and uses all rows in the end (a direct call).
+        """
+
+    def refit(
+        self, full: FingerprintSet, *, seed: int = 0, progress: ProgressFn = no_progress, device: str = "cpu"
+    ) -> LocModel | None:
+        """The same recipe refitted once on every row of `full` (train + holdout) with the settings and number of
+        epochs this model chose on its holdout, keeping its error calibration; None when the model is served as
+        scored (models that co-train keep the holdout unseen, so that updates can be judged on it)."""
+        return None
+
+    @classmethod
+    def holdout_settings(cls, params: dict[str, Any]) -> tuple[float, str]:
+        """(fraction, grouping) of the holdout this model's own settings ask for (the benchmarks' default; the
+        service uses SITELOC_HOLDOUT_FRACTION unless the request's params name `holdout_fraction`)."""
+        return float(params.get("holdout_fraction", 0.2)), str(params.get("holdout_by", "auto"))
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ml.data.features import FingerprintSet
+from ml.data.splits import HOLDOUT_BY, holdout_split
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.models.fpnets import NetShape, SiteLabels, SpecialisedNet, build_net, load_arrays, powed, state_arrays
 from ml.models.fptrain import (
@@ -47,7 +48,7 @@ from ml.models.fptrain import (
     shuffled_batches,
     trainable,
 )
-from ml.models.wknn import HOLDOUT_BY, estimate_error, fit_calibration, holdout_groups
+from ml.models.wknn import estimate_error, fit_calibration
 from ml.params import settings_from
 
 DEFAULT_CALIBRATION = [0.5, 1.0, 0.5, 1.0]  # used when there is no hold-out to calibrate on
@@ -154,7 +155,16 @@ class Prepared:
         return max(1, min(self.p.epochs, self.p.max_steps // per_epoch))
 
 
-def prepare(kind: str, train: FingerprintSet, p: FPNetParams, seed: int, device: str | torch.device) -> Prepared:
+def prepare(
+    kind: str,
+    train: FingerprintSet,
+    p: FPNetParams,
+    seed: int,
+    device: str | torch.device,
+    holdout: np.ndarray | None = None,
+) -> Prepared:
+    """Labels, features and the fit/hold-out rows. `holdout`: the caller's hold-out rows (the finetune
+    pipeline's); None: `holdout_split` of `train` with the params' fraction and grouping."""
     if len(train) == 0:
         raise ValueError(f"{kind}: no training fingerprints")
     dev = torch.device(device)
@@ -162,32 +172,18 @@ def prepare(kind: str, train: FingerprintSet, p: FPNetParams, seed: int, device:
     xy, floor, building = labels.encode(train)
     data = TrainData.from_arrays(features(train.rss, train.age_ms, p), xy, floor, building, dev)
     fit, hold, split_by = data, None, "none"
-    if len(train) >= 10:
-        fit_idx, hold_idx, split_by = stratified_holdout(train, p.holdout_fraction, p.holdout_by, seed)
-        if len(fit_idx) >= 2 and len(hold_idx):
-            fit = data.rows(torch.as_tensor(fit_idx, device=dev))
-            hold = data.rows(torch.as_tensor(hold_idx, device=dev))
+    if holdout is not None:
+        hold_idx = np.unique(np.asarray(holdout, dtype=np.int64))
+        fit_idx, split_by = np.setdiff1d(np.arange(len(train)), hold_idx), "caller"
+    elif len(train) >= 10:
+        fit_idx, hold_idx, split_by = holdout_split(train, p.holdout_fraction, seed, p.holdout_by)
+    else:
+        fit_idx, hold_idx = np.arange(len(train)), np.empty(0, dtype=np.int64)
+    if len(fit_idx) >= 2 and len(hold_idx):
+        fit = data.rows(torch.as_tensor(fit_idx, device=dev))
+        hold = data.rows(torch.as_tensor(hold_idx, device=dev))
     shape = p.shape(kind, len(train.aps), labels)
     return Prepared(kind, list(train.aps), labels, p, shape, data, fit, hold, split_by, seed, dev)
-
-
-def stratified_holdout(fs: FingerprintSet, fraction: float, by: str, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """(fit rows, hold-out rows, grouping): per floor, a seeded `fraction` of its groups (whole paths,
-    else survey positions, as wknn's `holdout_groups`) held out, at least one group of every floor
-    kept to fit. Unstratified, a small survey can lose a whole floor to the hold-out; the hold-out
-    then rewards the untrained network of epoch 1."""
-    col, name = holdout_groups(fs, by)
-    groups = np.arange(len(fs)).astype(str).astype(object) if col is None else col
-    rng = np.random.default_rng(seed)
-    hold = np.zeros(len(fs), dtype=bool)
-    keys = fs.floor_key
-    for key in sorted(set(keys.tolist())):
-        rows = keys == key
-        uniq = sorted(set(groups[rows].tolist()))
-        n_hold = min(len(uniq) - 1, round(fraction * len(uniq)))
-        if n_hold > 0:
-            hold |= rows & np.isin(groups, rng.choice(np.array(uniq, dtype=object), size=n_hold, replace=False))
-    return np.flatnonzero(~hold), np.flatnonzero(hold), name
 
 
 # ---------------------------------------------------------------- recipes and candidates
@@ -300,19 +296,30 @@ def finalize(
     prep: Prepared,
     report: dict[str, Any],
     progress: ProgressFn = no_progress,
+    refit: bool | None = None,
 ) -> FingerprintNet:
-    """Calibrate error_m on the hold-out, refit on all rows if asked, wrap as a LocModel."""
+    """Calibrate error_m on the hold-out, refit on all rows now if asked (default: `refit_all`), wrap as a
+    LocModel. Not refitted now, the model keeps its recipe so that `LocModel.refit` can do it later (the
+    finetune pipeline scores it on the hold-out first)."""
     calibration = list(DEFAULT_CALIBRATION)
     if prep.hold is not None and len(prep.hold) >= 5:
         calibration = calibrate(cand.net, prep.hold, prep.labels, prep.p.mc_passes)
     net = cand.net
-    refit = prep.p.refit_all and prep.hold is not None
+    refit = (prep.p.refit_all if refit is None else refit) and prep.hold is not None
     if refit:
         progress(0.0, f"refitting {cand.name} on all {len(prep.all)} rows for {cand.best_epoch} epochs")
-        with seeded(prep.seed, prep.device):
-            net = cand.recipe(prep.all, max(cand.best_epoch, 1), [], lambda _: None)
+        net = refit_net(cand, prep)
     report = {**report, "refit_all": refit, "calibration": calibration}
-    return cls(prep.aps, prep.p, prep.labels, prep.shape, net, calibration, report)
+    model = cls(prep.aps, prep.p, prep.labels, prep.shape, net, calibration, report)
+    if not refit and prep.hold is not None and prep.p.refit_all:
+        model._refit_from = (cand, prep)
+    return model
+
+
+def refit_net(cand: Candidate, prep: Prepared) -> SpecialisedNet:
+    """The candidate's recipe re-run on every row (fit + hold-out) for its best number of epochs."""
+    with seeded(prep.seed, prep.device):
+        return cand.recipe(prep.all, max(cand.best_epoch, 1), [], lambda _: None)
 
 
 def calibrate(net: SpecialisedNet, hold: TrainData, labels: SiteLabels, passes: int) -> list[float]:
@@ -323,9 +330,15 @@ def calibrate(net: SpecialisedNet, hold: TrainData, labels: SiteLabels, passes: 
 
 
 def train_site_model(
-    cls: type[FingerprintNet], train: FingerprintSet, p: FPNetParams, seed: int, progress: ProgressFn, device: str
+    cls: type[FingerprintNet],
+    train: FingerprintSet,
+    p: FPNetParams,
+    seed: int,
+    progress: ProgressFn,
+    device: str,
+    holdout: np.ndarray | None = None,
 ) -> FingerprintNet:
-    prep = prepare(cls.name, train, p, seed, device)
+    prep = prepare(cls.name, train, p, seed, device, holdout)
     cand = train_candidate("scratch", scratch_recipe(prep), prep, span_progress(progress, 0.0, 0.7))
     report = {
         "strategy": "scratch",
@@ -334,7 +347,9 @@ def train_site_model(
         "n_holdout": len(prep.hold) if prep.hold is not None else 0,
         "scratch": cand.summary(),
     }
-    model = finalize(cls, cand, prep, report, span_progress(progress, 0.7, 1.0))
+    # A caller's hold-out (the finetune pipeline) scores this model before any refit: refit later, on request.
+    later = None if holdout is None else False
+    model = finalize(cls, cand, prep, report, span_progress(progress, 0.7, 1.0), refit=later)
     progress(1.0, "done")
     return model
 
@@ -375,6 +390,8 @@ class FingerprintNet(LocModel):
         self.calibration = [float(v) for v in calibration]
         self.training = training or {}
         self.fallback_error_m = max(4.0 * labels.scale, 1.0)  # about the site's diameter: queries hearing nothing
+        # (candidate, prepared data) while a refit on all rows is still possible (in the process that trained it)
+        self._refit_from: tuple[Candidate, Prepared] | None = None
 
     @classmethod
     def fit(
@@ -382,11 +399,27 @@ class FingerprintNet(LocModel):
         train: FingerprintSet,
         params: dict[str, Any],
         *,
+        holdout: np.ndarray | None = None,
         seed: int = 0,
         progress: ProgressFn = no_progress,
         device: str = "cpu",
     ) -> FingerprintNet:
-        return train_site_model(cls, train, FPNetParams.parse(params), seed, progress, device)
+        return train_site_model(cls, train, FPNetParams.parse(params), seed, progress, device, holdout)
+
+    def refit(
+        self, full: FingerprintSet, *, seed: int = 0, progress: ProgressFn = no_progress, device: str = "cpu"
+    ) -> FingerprintNet | None:
+        """The kept candidate's recipe (scratch, encoder or msta) on every row for its best epoch count; the
+        hold-out calibration is kept. `full` must be the set this model was fitted on (hold-out included)."""
+        if self._refit_from is None:
+            return None
+        cand, prep = self._refit_from
+        if len(full) != len(prep.all):
+            raise ValueError(f"refit needs the {len(prep.all)} rows the model was fitted on, got {len(full)}")
+        progress(0.0, f"refitting {cand.name} on all {len(prep.all)} rows for {cand.best_epoch} epochs")
+        net = refit_net(cand, prep)
+        training = {**self.training, "refit_all": True}
+        return type(self)(self.aps, self.params, self.labels, self.shape, net, self.calibration, training)
 
     def max_age_ms(self) -> float | None:
         return self.params.max_age_ms

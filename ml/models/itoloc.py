@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ml.data.features import FingerprintSet
+from ml.data.splits import holdout_split
 from ml.evaluate import metrics
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.models.itoloc_net import ItolocConfig, ItolocNet
@@ -42,7 +43,6 @@ from ml.models.itoloc_site import (
     build_layout,
     cell_of_rows,
     domain_labels,
-    holdout_mask,
     zone_labels,
     zone_of,
     zone_rss,
@@ -87,8 +87,8 @@ def smear(
 
 class ITOLOC(LocModel):
     name: ClassVar[str] = "itoloc"
-    # Co-training (section IV) judges its updates on data the model never saw: keep the holdout out.
-    refit_with_holdout: ClassVar[bool] = False
+    # Co-training (section IV) judges its updates on data the model never saw: by default (`refit` False)
+    # the finetune pipeline serves the model it scored, so the holdout stays unseen.
     supports_cotrain: ClassVar[bool] = True
 
     def __init__(
@@ -107,6 +107,7 @@ class ITOLOC(LocModel):
         self.calib = np.asarray(calib, dtype=np.float64)
         self.device = torch.device(device)
         self.history = history or []
+        self._refit_seed: int | None = None  # set by `fit` while a refit on all rows is pending
         self.calibration: dict[str, Any] = {}
         keys = [
             f"{z}\x1f{b}\x1f{f}"
@@ -136,15 +137,24 @@ class ITOLOC(LocModel):
         train: FingerprintSet,
         params: dict[str, Any],
         *,
+        holdout: np.ndarray | None = None,
         seed: int = 0,
         progress: ProgressFn = no_progress,
         device: str = "cpu",
     ) -> ITOLOC:
+        """Train on the rows outside the holdout (the caller's, else `holdout_split` with `cfg.holdout`), which
+        picks the epoch and calibrates error_m. With `cfg.refit` the recipe is re-run on all rows: here when the
+        model chose its own holdout, else by `refit` after the caller scored it."""
         cfg = ItolocConfig.from_params(dict(params))
-        held = holdout_mask(train, cfg.holdout, seed_everything(seed))
+        seed_everything(seed)
+        held = np.zeros(len(train), dtype=bool)
+        if holdout is None:
+            held[holdout_split(train, cfg.holdout, seed).hold] = True
+        else:
+            held[np.asarray(holdout, dtype=np.int64)] = True
         cfg = schedule_for(cfg, int((~held).sum()))
         val = train.subset(held) if held.any() else None
-        share = 0.5 if cfg.refit and val is not None else 1.0
+        share = 0.5 if cfg.refit and val is not None and holdout is None else 1.0
         model = cls._train_once(train.subset(~held), val, cfg, seed, device, cfg.epochs, _scaled(progress, 0, share))
         if val is not None:
             model.calib = model.calibrate(val)
@@ -154,7 +164,23 @@ class ITOLOC(LocModel):
             full = cls._train_once(train, None, cfg, seed, device, epochs, _scaled(progress, share, 1.0))
             full.calib, full.history, full.calibration = model.calib, model.history + full.history, model.calibration
             model = full
+        model._refit_seed = seed if cfg.refit and val is not None and holdout is not None else None
         progress(1.0, "done")
+        return model
+
+    @classmethod
+    def holdout_settings(cls, params: dict[str, Any]) -> tuple[float, str]:
+        return ItolocConfig.from_params(dict(params)).holdout, "auto"
+
+    def refit(
+        self, full: FingerprintSet, *, seed: int = 0, progress: ProgressFn = no_progress, device: str = "cpu"
+    ) -> ITOLOC | None:
+        """With `cfg.refit`: all rows for the epoch the holdout chose, keeping the holdout's calibration."""
+        if self._refit_seed is None:
+            return None
+        epochs = self.cfg.epochs if not self.cfg.early_stop else self.best_epoch()
+        model = type(self)._train_once(full, None, self.cfg, seed, device, epochs, progress)
+        model.calib, model.history, model.calibration = self.calib, self.history + model.history, self.calibration
         return model
 
     @classmethod

@@ -176,31 +176,3 @@ def domain_labels(fs: FingerprintSet, bucket_ms: int, min_rows: int) -> tuple[np
     names = sorted(set(keys.tolist()))
     index = {k: i for i, k in enumerate(names)}
     return np.array([index[k] for k in keys], dtype=np.int64), names
-
-
-def _groups(fs: FingerprintSet) -> np.ndarray:
-    for col in (fs.path, fs.user, fs.device):
-        if any(v is not None for v in col):
-            return np.array([str(v) for v in col], dtype=object)
-    return np.arange(len(fs)).astype(str).astype(object)
-
-
-def holdout_mask(fs: FingerprintSet, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Rows held out for early stopping / calibration: whole groups, every floor keeps one."""
-    held = np.zeros(len(fs), dtype=bool)
-    if fraction <= 0 or len(fs) < 10:
-        return held
-    floor = fs.floor_key
-    group = np.array([f"{g}\x1f{f}" for g, f in zip(_groups(fs), floor, strict=True)], dtype=object)
-    names, inv, sizes = np.unique(group, return_inverse=True, return_counts=True)
-    group_floor = floor[np.unique(inv, return_index=True)[1]]
-    left = {f: int((group_floor == f).sum()) for f in set(group_floor.tolist())}
-    budget = fraction * len(fs)
-    for g in rng.permutation(len(names)):
-        if held.sum() >= budget:
-            break
-        if left[group_floor[g]] < 2 or held.sum() + sizes[g] > 1.5 * budget:
-            continue
-        held |= inv == g
-        left[group_floor[g]] -= 1
-    return held

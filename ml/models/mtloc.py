@@ -43,7 +43,7 @@ from safetensors.numpy import save as st_save
 from torch import nn
 
 from ml.data.features import FingerprintSet, reindex_columns
-from ml.data.splits import split_by_group
+from ml.data.splits import holdout_split
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.models.fpnets import floor_key_order, powed
 from ml.params import settings_from
@@ -313,7 +313,6 @@ def pretrain_settings(cfg: MTLocConfig, seed: int) -> dict[str, Any]:
 class MTLoc(LocModel):
     name = "mtloc"
     trains_on: ClassVar[str] = "windows"
-    refit_with_holdout = False  # training picks its epoch on its own validation paths; a refit would double the cost
 
     def __init__(
         self,
@@ -351,6 +350,10 @@ class MTLoc(LocModel):
     def check_params(cls, params: dict[str, Any]) -> None:
         MTLocConfig.parse(params)
 
+    @classmethod
+    def holdout_settings(cls, params: dict[str, Any]) -> tuple[float, str]:
+        return MTLocConfig.parse(params).val_fraction, "path"
+
     # ------------------------------------------------------------ training
 
     @classmethod
@@ -364,7 +367,11 @@ class MTLoc(LocModel):
         device: str = "cpu",
         imu_source: ImuArtifact | None = None,
         strategy: str = "scratch",
+        holdout: np.ndarray | None = None,
     ) -> MTLoc:
+        """Train on the windows outside the holdout (the caller's, else `holdout_split` of whole paths with
+        `val_fraction` when there are at least 5 paths), which picks the epoch and calibrates error_m. MTLoc
+        is served as scored: no refit."""
         cfg = MTLocConfig.parse(params)
         if strategy not in STRATEGIES:
             raise ValueError(f"mtloc strategy must be one of {STRATEGIES}, not {strategy!r}")
@@ -400,7 +407,7 @@ class MTLoc(LocModel):
         if imu_source is not None:
             info["imu_source"] = {k: imu_source.config.get(k) for k in ("sites", "target", "n_windows", "epochs")}
         model = cls(aps, floors, cfg, norm, center, scale, net, info=info, device=device, net_aps=net_aps)
-        model._train(train, seed, progress)
+        model._train(train, seed, progress, holdout)
         return model
 
     def _inputs(self, rss: np.ndarray, sensors: Any) -> Inputs:
@@ -411,13 +418,16 @@ class MTLoc(LocModel):
         heard = (~np.isnan(net_rss)).any(axis=1).astype(np.float32)
         return Inputs(wifi, imu, mag, np.concatenate([heard[:, None], cov], axis=1).astype(np.float32))
 
-    def _train(self, train: FingerprintSet, seed: int, progress: ProgressFn) -> None:
+    def _train(self, train: FingerprintSet, seed: int, progress: ProgressFn, holdout: np.ndarray | None) -> None:
         cfg = self.cfg
         fs = train.with_aps(self.aps)
         fit_idx, val_idx = np.arange(len(fs)), np.array([], dtype=np.int64)
         n_paths = len({p for p in fs.path if p is not None})
-        if cfg.val_fraction > 0 and n_paths >= 5:
-            fit_idx, val_idx = split_by_group(fs.path, cfg.val_fraction, seed)
+        if holdout is not None:
+            val_idx = np.unique(np.asarray(holdout, dtype=np.int64))
+            fit_idx = np.setdiff1d(fit_idx, val_idx)
+        elif cfg.val_fraction > 0 and n_paths >= 5:
+            fit_idx, val_idx, _ = holdout_split(fs, cfg.val_fraction, seed, "path")
         data = self._inputs(fs.rss, fs.sensors)
         xy = ((fs.xy - self.center) / self.scale).astype(np.float32)
         floor_index = {k: i for i, k in enumerate(self.floors)}

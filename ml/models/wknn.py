@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ml.data.features import FingerprintSet
+from ml.data.splits import HOLDOUT_BY, Holdout, holdout_split
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.params import settings_from
 
@@ -517,53 +518,16 @@ def _pick(grid: tuple[int, ...], hits: list[Any], prefer: int) -> int:
     return min(zip(grid, hits, strict=True), key=lambda vh: (-float(vh[1]), abs(vh[0] - prefer), vh[0]))[0]
 
 
-HOLDOUT_BY = ("auto", "path", "position", "user", "device", "rows")
-
-
-def holdout_groups(fs: FingerprintSet, by: str) -> tuple[np.ndarray | None, str]:
-    """Group label per row for the tuning holdout, and the name of the grouping used.
-
-    "auto" = whole paths when every row has one, else survey positions (floor + x, y to 0.1 m):
-    scans taken at one spot are near-duplicates, so scoring a row against its own spot's
-    siblings would reward k=1 and leak.
-    """
-    if by == "rows":
-        return None, "rows"
-    order = ("path", "position") if by == "auto" else (by,)
-    for name in order:
-        if name == "position":
-            keys = [f"{b}|{f}|{x:.1f}|{y:.1f}" for b, f, (x, y) in zip(fs.building, fs.floor, fs.xy, strict=True)]
-            col = np.array(keys, dtype=object)
-        else:
-            col = getattr(fs, name)
-        if all(v is not None for v in col) and len(set(col.tolist())) >= 2:
-            return col, name
-    return None, "rows"
-
-
-def holdout_split(
-    fs: FingerprintSet, fraction: float, by: str, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Rows to fit on and to score on: a seeded `fraction` of the groups (or rows) held out."""
-    col, name = holdout_groups(fs, by)
-    if col is None:
-        perm = rng.permutation(len(fs))
-        n_hold = max(1, round(fraction * len(fs)))
-        return np.sort(perm[n_hold:]), np.sort(perm[:n_hold]), name
-    uniq = np.array(sorted(set(col.tolist())), dtype=object)
-    n_hold = min(len(uniq) - 1, max(1, round(fraction * len(uniq))))
-    mask = np.isin(col, rng.choice(uniq, size=n_hold, replace=False))
-    return np.flatnonzero(~mask), np.flatnonzero(mask), name
-
-
 class Tuner:
     """Scores every (max_age, representation, distance) on a holdout, searching k's and weighting
     on one sorted neighbour list per candidate."""
 
-    def __init__(self, fs: FingerprintSet, p: WKNNParams, pinned: frozenset[str], groups: Groups, seed: int) -> None:
+    def __init__(
+        self, fs: FingerprintSet, p: WKNNParams, pinned: frozenset[str], groups: Groups, seed: int, holdout: Holdout
+    ) -> None:
         self.p, self.pinned, self.groups = p, pinned, groups
-        rng = np.random.default_rng(seed)
-        fit_idx, hold_idx, self.split_by = holdout_split(fs, p.holdout_fraction, p.holdout_by, rng)
+        fit_idx, hold_idx, self.split_by = holdout
+        rng = np.random.default_rng([seed, 1])  # the subsample of tuning queries
         if len(hold_idx) > p.max_tune_queries:
             hold_idx = np.sort(rng.choice(hold_idx, size=p.max_tune_queries, replace=False))
         self.fit_set, self.hold_set = fs.subset(fit_idx), fs.subset(hold_idx)
@@ -679,10 +643,13 @@ class WKNN(LocModel):
         train: FingerprintSet,
         params: dict[str, Any],
         *,
+        holdout: np.ndarray | None = None,
         seed: int = 0,
         progress: ProgressFn = no_progress,
         device: str = "cpu",
     ) -> WKNN:
+        """Tune (or only calibrate) on the holdout, then index the training rows: all of them when the model
+        chose its own holdout (`holdout` None), else those outside the caller's holdout (see `refit`)."""
         p, pinned = WKNNParams.parse(params)
         groups = Groups.from_labels(
             sorted(
@@ -694,20 +661,48 @@ class WKNN(LocModel):
         t0 = time.perf_counter()
         calibration = [0.0, 1.0, 0.0, 1.0]  # untuned: 1 + the neighbours' spread, unscaled
         tuning: dict[str, Any] = {"tuned": False}
-        if (p.tune or p.calibrate) and len(train) >= 10:
+        if holdout is None:
+            split = holdout_split(train, p.holdout_fraction, seed, p.holdout_by)
+            rows = train
+        else:
+            hold = np.unique(np.asarray(holdout, dtype=np.int64))
+            split = Holdout(np.setdiff1d(np.arange(len(train)), hold), hold, "caller")
+            rows = train.subset(split.fit)
+        if (p.tune or p.calibrate) and len(split.fit) and len(split.hold):
             # untuned: every choice pinned, so the holdout only calibrates the error estimate
-            tuner = Tuner(train, p, pinned if p.tune else frozenset(asdict(p)), groups, seed)
-            if len(tuner.fit_set) and len(tuner.hold_set):
-                best, calibration = tuner.run(min_rss, progress)
-                p = best.params
-                tuning = _tuning_report(tuner, best, time.perf_counter() - t0, p.tune)
-        progress(0.95, "fitting wknn on all training data")
-        survey = prepare_survey(train, groups, p.max_age_ms)
+            tuner = Tuner(train, p, pinned if p.tune else frozenset(asdict(p)), groups, seed, split)
+            best, calibration = tuner.run(min_rss, progress)
+            p = best.params
+            tuning = _tuning_report(tuner, best, time.perf_counter() - t0, p.tune)
+        progress(0.95, f"fitting wknn on {len(rows)} training rows")
+        return cls._index(rows, p, min_rss, groups, calibration, tuning, progress)
+
+    @classmethod
+    def _index(
+        cls,
+        rows: FingerprintSet,
+        p: WKNNParams,
+        min_rss: float,
+        groups: Groups,
+        calibration: list[float],
+        tuning: dict[str, Any],
+        progress: ProgressFn,
+    ) -> WKNN:
+        survey = prepare_survey(rows, groups, p.max_age_ms)
         if len(survey.rows) == 0:
             raise ValueError("wknn: no training fingerprint has a heard access point")
-        model = cls(list(train.aps), p, min_rss, survey, groups, calibration, tuning)
+        model = cls(list(rows.aps), p, min_rss, survey, groups, calibration, tuning)
         progress(1.0, "done")
         return model
+
+    def refit(
+        self, full: FingerprintSet, *, seed: int = 0, progress: ProgressFn = no_progress, device: str = "cpu"
+    ) -> WKNN:
+        """Every row of `full` indexed with the settings and error calibration chosen on the holdout."""
+        full = full.with_aps(self.aps)
+        return type(self)._index(
+            full, self.params, self.min_rss, self.groups, self.calibration, {**self.tuning, "refit": True}, progress
+        )
 
     # -- inference
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from ml.data.features import FingerprintSet
+from ml.data.splits import holdout_groups, holdout_split
 from ml.evaluate import metrics
 from ml.models.base import QueryBatch
 from ml.models.itoloc import ITOLOC, ModuleSet, smear
 from ml.models.itoloc_net import ItolocConfig, fingerprint_image, rss_to_f
-from ml.models.itoloc_site import holdout_mask
 
 TINY: dict[str, Any] = {
     "min_steps": 0,  # exactly `epochs` epochs (the default stretches small surveys to 1,400 steps)
@@ -189,12 +189,13 @@ def test_cotraining_hooks(trained: ITOLOC, site: tuple[FingerprintSet, Fingerpri
 
 def test_holdout_keeps_every_floor(site: tuple[FingerprintSet, FingerprintSet]) -> None:
     train = site[0]
-    held = holdout_mask(train, 0.2, np.random.default_rng(0))
-    assert 0.05 < held.mean() < 0.35
+    split = holdout_split(train, 0.2, 0)
+    held = np.zeros(len(train), dtype=bool)
+    held[split.hold] = True
+    assert split.by == "position" and 0.05 < held.mean() < 0.35  # UJI has no paths: whole survey positions
     assert set(train.floor_key[~held]) == set(train.floor_key)
-    groups_held = {(u, k) for u, k in zip(train.user[held], train.floor_key[held], strict=True)}
-    groups_kept = {(u, k) for u, k in zip(train.user[~held], train.floor_key[~held], strict=True)}
-    assert not groups_held & groups_kept
+    col, _ = holdout_groups(train, split.by)
+    assert col is not None and not set(col[held]) & set(col[~held])
 
 
 def test_projected_coordinates_keep_precision(site: tuple[FingerprintSet, FingerprintSet]) -> None:

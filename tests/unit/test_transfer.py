@@ -139,19 +139,19 @@ def test_building_head_on_the_uji_fixture() -> None:
 
 
 def test_holdout_keeps_every_floor_and_whole_paths(target: tuple[FingerprintSet, FingerprintSet]) -> None:
-    from ml.models.fpmodel import stratified_holdout
+    from ml.data.splits import holdout_split
 
     train, _ = target
     lonely = train.subset(np.flatnonzero((train.floor == "0") | (train.path == train.path[train.floor == "1"][0])))
     for fs in (train, lonely):  # `lonely` has a single path on floor 1: it must stay in the fit part
-        fit, hold, by = stratified_holdout(fs, 0.25, "auto", 0)
+        fit, hold, by = holdout_split(fs, 0.25, 0)
         assert by == "path" and len(hold) > 0
         assert set(fs.floor[fit]) == set(fs.floor)
         assert not set(fs.path[fit]) & set(fs.path[hold])
         assert sorted([*fit, *hold]) == list(range(len(fs)))
-    a = stratified_holdout(train, 0.25, "auto", 0)[1]
-    assert np.array_equal(a, stratified_holdout(train, 0.25, "auto", 0)[1])
-    assert not np.array_equal(a, stratified_holdout(train, 0.25, "auto", 1)[1])
+    a = holdout_split(train, 0.25, 0)[1]
+    assert np.array_equal(a, holdout_split(train, 0.25, 0)[1])
+    assert not np.array_equal(a, holdout_split(train, 0.25, 1)[1])
 
 
 def test_training_loss_falls_and_holdout_selects(target: tuple[FingerprintSet, FingerprintSet]) -> None:
