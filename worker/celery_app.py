@@ -11,7 +11,7 @@ from worker.names import SCHEDULE_TASK
 def make_celery(settings: Settings) -> Celery:
     app = Celery("siteloc", broker=settings.redis_url or "memory://", include=["worker.tasks"])
     app.conf.update(
-        task_default_queue="siteloc",
+        task_default_queue=settings.job_queue,
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,

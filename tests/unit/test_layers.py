@@ -15,7 +15,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("app", "worker", "ml", "bench")
 # What the library must not import: the service, the worker, the benchmarks, and web/database/queue packages.
-ML_FORBIDDEN = ("app", "worker", "bench", "fastapi", "sqlalchemy", "celery", "redis", "starlette")
+ML_FORBIDDEN = (
+    *("app", "worker", "bench"),
+    *("fastapi", "starlette", "pydantic", "sqlalchemy", "alembic", "celery", "redis"),
+)
 
 
 def _module_name(root: Path, path: Path) -> str:
