@@ -22,7 +22,7 @@ from app.services.transfer import fit_with_transfer, mtloc_imu_artifact, source_
 from ml.data.features import FingerprintSet, build_set
 from ml.data.splits import split_by_group, train_fraction_subset
 from ml.evaluate import metrics as score
-from ml.models import available_models, get_model_class, model_strategies, models_with_strategy
+from ml.models import MODEL_NAMES, available_models, get_model_class, model_strategies, models_with_strategy
 from ml.models.base import LocModel, QueryBatch
 from ml.seed import seed_everything
 from ml.serialize import dumps
@@ -32,21 +32,22 @@ log = logging.getLogger(__name__)
 
 def request_finetune(s: Session, *, site: Site, body: FinetuneIn, principal: Principal | None = None) -> Job:
     """Validate a finetune request and create its job (the caller commits, then dispatches)."""
-    try:
-        get_model_class(body.model)
-    except KeyError:
+    if body.model not in MODEL_NAMES:
         raise NotAvailable(
             f"model {body.model!r} is not available in this build yet; available: {', '.join(available_models())}"
-        ) from None
+        )
+    cls = get_model_class(body.model)
     _check_strategy(s, site, body, principal)
     try:
-        get_model_class(body.model).check_params({k: v for k, v in body.params.items() if k != "holdout_fraction"})
-    except ValueError as exc:  # ml.errors.InvalidParams (a ValueError); the models' checks still raise plain ones
+        cls.check_params({k: v for k, v in body.params.items() if k != "holdout_fraction"})
+    except ValueError as exc:
+        # The user's params, checked before any job exists (a 422, the documented contract): ml.errors.InvalidParams
+        # is a ValueError, and the models' checks still raise plain ones.
         raise Invalid(f"params: {exc}") from None
     has_data = s.scalar(select(SurveyFingerprint.id).where(SurveyFingerprint.site_id == site.id).limit(1))
     if has_data is None:
         raise Conflict(f"site {site.id!r} has no survey fingerprints yet; POST /sites/{site.id}/surveys first")
-    if get_model_class(body.model).trains_on == "windows" and not _has_windows(s, site.id):
+    if cls.trains_on == "windows" and not _has_windows(s, site.id):
         raise Conflict(
             f"model {body.model!r} trains on sensor windows and site {site.id!r} has none; upload a survey whose "
             "fingerprints carry 'sensors', or an ilc2020 trace archive"
