@@ -103,7 +103,7 @@ def worker(concurrency: int, loglevel: str) -> None:
             "worker",
             f"--loglevel={loglevel}",
             "-Q",
-            "siteloc",
+            settings.job_queue,
             f"--concurrency={concurrency}",
             "--without-gossip",
             "--without-mingle",

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     # long job is never redelivered while it still runs.
     job_soft_time_limit_s: int = Field(default=4 * 3600, ge=10)
     job_hard_time_limit_s: int = Field(default=4 * 3600 + 600, ge=20)
+    # The Celery queue jobs go to and `siteloc worker` consumes.
+    job_queue: str = Field(default="siteloc", min_length=1, max_length=100)
     # Fraction of the survey's paths held out at finetune time for honest metrics.
     holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
 

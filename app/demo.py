@@ -18,9 +18,10 @@ from app.db import Database
 from app.migrate import upgrade
 from app.models import Site
 from app.schemas.api import FinetuneIn, KeyCreate, SiteCreate
-from app.services.jobs import JobContext, execute_job, get_job
+from app.services.jobs import JobContext, get_job
 from app.services.keys import create_key
 from app.services.notify import LocalNotifier
+from app.services.runner import execute_job
 from app.services.sites import create_site
 from app.services.surveys import chunked, ingest
 from app.services.training import request_finetune
@@ -86,7 +87,7 @@ def _train_if_needed(db: Database, settings: Settings, site_id: str) -> None:
     ctx = JobContext(db=db, settings=settings, device="cpu", notifier=LocalNotifier())
     execute_job(ctx, job_id)
     with db.session() as s:
-        job = get_job(s, job_id)
+        job = get_job(s, job_id=job_id)
         if job.state != "succeeded":
             raise RuntimeError(f"demo training failed: {job.error}")
 

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the runtime, a database session, the authenticated principal."""
+"""FastAPI dependencies: the runtime, a database session, the authenticated principal, the site a route acts on."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from app.models import Site
 from app.runtime import Runtime
 from app.security import Principal
+from app.services.sites import get_site
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -20,7 +22,8 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def get_session(rt: RuntimeDep) -> Iterator[Session]:
-    """One transaction per request: committed when the route returns, rolled back on any error."""
+    """One transaction per request: committed when the route returns, rolled back on any error. A service that
+    must act after the commit (enqueue a job, publish a notice) commits itself first."""
     with rt.db.session() as s:
         yield s
 
@@ -43,3 +46,20 @@ def _role(*roles: str) -> Callable[[Principal], Principal]:
 AnyKey = Annotated[Principal, Depends(get_principal)]
 OperatorKey = Annotated[Principal, Depends(_role("operator", "admin"))]
 AdminKey = Annotated[Principal, Depends(_role("admin"))]
+
+
+def scoped_site_id(site_id: str, principal: OperatorKey) -> str:
+    """The path's site id, once the key is allowed to act on it (403 otherwise)."""
+    principal.require_site(site_id)
+    return site_id
+
+
+ScopedSiteId = Annotated[str, Depends(scoped_site_id)]
+
+
+def site_of_path(site_id: ScopedSiteId, s: SessionDep) -> Site:
+    """The path's site: the key may act on it (403) and it exists (404)."""
+    return get_site(s, site_id=site_id)
+
+
+SiteDep = Annotated[Site, Depends(site_of_path)]

@@ -47,7 +47,7 @@ def import_file(settings: Settings, *, site_id: str, fmt: str, path: Path, windo
             io.BufferedReader(_ProgressReader(raw, bar), buffer_size=1 << 20) as fh,
             db.session() as s,
         ):
-            site = sites_svc.get_site(s, site_id)
+            site = sites_svc.get_site(s, site_id=site_id)
             try:
                 return ingest(
                     s, site=site, batches=survey_batches(fmt, fh, window_stride_ms), fmt=fmt, filename=path.name

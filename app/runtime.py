@@ -6,13 +6,13 @@ import logging
 
 from app.config import Settings
 from app.db import Database
-from app.services.dispatch import CeleryDispatcher, Dispatcher, EmbeddedScheduler, EmbeddedWorker
 from app.services.jobs import JobContext
 from app.services.keys import KeyAuthenticator
 from app.services.locate import Locator
 from app.services.notify import make_notifier
 from app.services.querylog import QueryWriter
 from app.services.registry import ModelCache
+from worker.dispatch import CeleryDispatcher, Dispatcher, EmbeddedScheduler, EmbeddedWorker
 
 log = logging.getLogger(__name__)
 

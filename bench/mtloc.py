@@ -40,6 +40,7 @@ from ml.data.features import FingerprintSet, build_set
 from ml.data.ilc2020 import ilc_floors, read_ilc_fingerprints, read_ilc_windows
 from ml.data.splits import split_by_group, train_fraction_subset
 from ml.evaluate import spearman
+from ml.models import TRANSFER_STRATEGIES
 from ml.models.base import LocModel, QueryBatch
 from ml.models.itoloc import ITOLOC
 from ml.models.mtloc import ImuArtifact, MTLoc, pretrain_imu
@@ -253,8 +254,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.strategies = [s for s in args.strategies.split(",") if s]
     if any(not 0 < f <= 1 for f in args.fractions + args.scratch_fractions + args.variant_fractions):
         p.error("fractions must be in (0, 1]")
-    if any(s not in ("frozen", "finetune") for s in args.strategies):
-        p.error("strategies: frozen, finetune")
+    if any(s not in TRANSFER_STRATEGIES["mtloc"] for s in args.strategies):
+        p.error(f"strategies: {', '.join(TRANSFER_STRATEGIES['mtloc'])}")
     params = dict(args.params)
     if args.epochs is not None:
         params["epochs"] = args.epochs

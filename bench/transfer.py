@@ -45,6 +45,7 @@ from bench.core import cpu_info, git_commit, machine, resolve_data_dir, source_d
 from bench.sites import ALL_SITES, ILC_SITES, SiteData, load_site, small_train
 from ml.data.features import FingerprintSet
 from ml.evaluate import metrics
+from ml.models import model_strategies
 from ml.models.base import QueryBatch
 from ml.models.fpmodel import features, finalize, prepare
 from ml.models.fpnets import SiteLabels, SpecialisedNet
@@ -59,7 +60,7 @@ from ml.transfer import (
     train_candidates,
 )
 
-METHODS = ("scratch", "encoder", "msta")
+METHODS = model_strategies("dnn")  # scratch, then the cross-site transfer strategies (the same for cnnloc)
 METRIC_KEYS = ("mean_m", "median_m", "p75_m", "p95_m", "floor_hit", "error_estimate_spearman")
 
 

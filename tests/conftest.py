@@ -82,15 +82,11 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
 
     redis.Redis.from_url(redis_url).flushdb()
     upgrade(url)
-    worker = _start_worker(url, redis_url, tmp_path_factory.mktemp("worker"))
+    worker = start_worker(url, redis_url, tmp_path_factory.mktemp("worker"))
     try:
         yield Backend(mode="full", database_url=url, redis_url=redis_url, worker=worker)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_worker(worker)
         _drop_pg_database(server_url, url)
 
 
@@ -118,8 +114,25 @@ def _drop_pg_database(server_url: str, url: str) -> None:
     admin.dispose()
 
 
-def _start_worker(db_url: str, redis_url: str, log_dir: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SITELOC_DATABASE_URL": db_url, "SITELOC_REDIS_URL": redis_url, "SITELOC_DEVICE": "cpu"}
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
+    try:
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+
+
+def start_worker(
+    db_url: str, redis_url: str, log_dir: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A `siteloc worker` subprocess (one training process), once Celery says it is ready."""
+    env = {
+        **os.environ,
+        "SITELOC_DATABASE_URL": db_url,
+        "SITELOC_REDIS_URL": redis_url,
+        "SITELOC_DEVICE": "cpu",
+        **(extra_env or {}),
+    }
     log = open(log_dir / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
     proc = subprocess.Popen(
         [sys.executable, "-c", "from app.cli import main; main()", "worker", "--concurrency", "1"],

@@ -1,22 +1,21 @@
-"""The Celery application, built from Settings (full mode: Redis broker)."""
+"""The Celery application, built from Settings (full mode: Redis broker). Its tasks are in worker.tasks."""
 
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
 
 from app.config import Settings, get_settings
-from app.services.dispatch import SCHEDULE_TASK
+from worker.names import SCHEDULE_TASK
 
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("siteloc", broker=settings.redis_url or "memory://", include=["worker.tasks"])
     app.conf.update(
-        task_default_queue="siteloc",
+        task_default_queue=settings.job_queue,
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        # Jobs are idempotent (see app.services.jobs.execute_job), so late acks are safe: a job whose
+        # Jobs are idempotent (see app.services.runner.execute_job), so late acks are safe: a job whose
         # worker dies is redelivered instead of lost.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -36,11 +35,3 @@ def make_celery(settings: Settings) -> Celery:
 
 
 celery_app = make_celery(get_settings())
-
-
-@worker_process_init.connect
-def _fresh_engine_after_fork(**_: object) -> None:
-    # Database connections must not be shared across fork: rebuild the worker context in each child.
-    from worker import tasks
-
-    tasks.reset_context()

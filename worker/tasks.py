@@ -1,17 +1,23 @@
-"""Celery tasks: thin wrappers. A task takes a job id and calls the service that does the work."""
+"""Celery tasks: thin wrappers. A task takes a job id and calls the service that does the work.
+
+Time limits are Celery's (worker.celery_app); a job past its soft limit is ended by
+app.services.runner.execute_job, which translates every failure of a job in one place.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
 
 from app.config import get_settings
 from app.db import Database
-from app.services.dispatch import RUN_JOB_TASK, SCHEDULE_TASK, CeleryDispatcher
-from app.services.jobs import JobContext, execute_job, fail_job
+from app.services.cotrain import schedule_due_updates
+from app.services.jobs import JobContext
 from app.services.notify import make_notifier
+from app.services.runner import execute_job
 from worker.celery_app import celery_app
+from worker.names import RUN_JOB_TASK, SCHEDULE_TASK
 
 log = logging.getLogger(__name__)
 _ctx: JobContext | None = None
@@ -20,6 +26,12 @@ _ctx: JobContext | None = None
 def reset_context() -> None:
     global _ctx
     _ctx = None
+
+
+@worker_process_init.connect
+def _fresh_engine_after_fork(**_: object) -> None:
+    # Database connections must not be shared across fork: rebuild the worker context in each child.
+    reset_context()
 
 
 def context() -> JobContext:
@@ -37,22 +49,15 @@ def context() -> JobContext:
 
 @celery_app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> str:
-    ctx = context()
-    try:
-        return execute_job(ctx, job_id)
-    except SoftTimeLimitExceeded:
-        fail_job(ctx.db, job_id, f"time limit of {ctx.settings.job_soft_time_limit_s} s exceeded")
-        return "failed"
+    return execute_job(context(), job_id)
 
 
 @celery_app.task(name=SCHEDULE_TASK)
 def schedule_cotrain() -> list[str]:
     """Beat's periodic check: create and enqueue the co-training jobs that are due."""
-    from app.services.cotrain import schedule_due_updates
-
     ctx = context()
-    dispatcher = CeleryDispatcher(ctx.settings)
-    created = schedule_due_updates(ctx.db, ctx.settings)
-    for job_id in created:
-        dispatcher.enqueue(job_id)
+    with ctx.db.session() as s:
+        created = schedule_due_updates(s, settings=ctx.settings)
+    for job_id in created:  # committed above
+        celery_app.send_task(RUN_JOB_TASK, args=[job_id])
     return created

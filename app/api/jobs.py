@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.deps import OperatorKey, RuntimeDep, SessionDep
+from app.deps import OperatorKey, RuntimeDep, SessionDep, SiteDep
 from app.schemas.api import CotrainIn, FinetuneIn, JobOut, JobRef
 from app.services import jobs as jobs_svc
-from app.services import sites as sites_svc
 from app.services.cotrain import request_cotrain
 from app.services.training import request_finetune
 
@@ -15,39 +14,30 @@ router = APIRouter(tags=["jobs"])
 
 
 @router.post("/sites/{site_id}/finetune", status_code=status.HTTP_202_ACCEPTED, response_model=JobRef)
-def finetune(site_id: str, body: FinetuneIn, rt: RuntimeDep, principal: OperatorKey) -> JobRef:
+def finetune(site: SiteDep, body: FinetuneIn, s: SessionDep, rt: RuntimeDep, principal: OperatorKey) -> JobRef:
     """Train a model for the site from its survey, in the background. Poll the returned job.
 
     The new version is a `candidate`; the first version of a site becomes `active` at once.
     """
-    principal.require_site(site_id)
-    with rt.db.session() as s:
-        site = sites_svc.get_site(s, site_id)
-        job = request_finetune(s, site=site, body=body, principal=principal)
-        job_id = job.id
-    rt.dispatcher.enqueue(job_id)  # only after the job row is committed
-    return JobRef(job_id=job_id)
+    job = request_finetune(s, site=site, body=body, principal=principal)
+    return JobRef(job_id=jobs_svc.commit_and_enqueue(s, job=job, enqueue=rt.dispatcher.enqueue))
 
 
 @router.post("/sites/{site_id}/cotrain", status_code=status.HTTP_202_ACCEPTED, response_model=JobRef)
-def cotrain(site_id: str, rt: RuntimeDep, principal: OperatorKey, body: CotrainIn | None = None) -> JobRef:
+def cotrain(site: SiteDep, s: SessionDep, rt: RuntimeDep, body: CotrainIn | None = None) -> JobRef:
     """One co-training update of the site's active model from its stored, not yet used /locate queries.
 
     The result is a new version: `active` if it is not worse on the survey holdout than the current one,
     else `rejected` with the reason (see GET /sites/{id}/models). Needs an active `itoloc` model.
     """
-    principal.require_site(site_id)
     body = body or CotrainIn()
-    with rt.db.session() as s:
-        site = sites_svc.get_site(s, site_id)
-        job_id = request_cotrain(s, site=site, params=body.model_dump(mode="json")).id
-    rt.dispatcher.enqueue(job_id)
-    return JobRef(job_id=job_id)
+    job = request_cotrain(s, site=site, params=body.model_dump(mode="json"))
+    return JobRef(job_id=jobs_svc.commit_and_enqueue(s, job=job, enqueue=rt.dispatcher.enqueue))
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
 def get_job(job_id: str, s: SessionDep, principal: OperatorKey) -> JobOut:
-    job = jobs_svc.get_job(s, job_id)
+    job = jobs_svc.get_job(s, job_id=job_id)
     if job.site_id is not None:
         principal.require_site(job.site_id)
     return jobs_svc.job_out(job)

@@ -18,8 +18,7 @@ def create_key(body: KeyCreate, s: SessionDep, _admin: AdminKey) -> KeyOut:
 
 
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_key(key_id: str, rt: RuntimeDep, _admin: AdminKey) -> Response:
-    with rt.db.session() as s:
-        svc.revoke_key(s, key_id=key_id)
-    rt.auth.forget()  # this process stops accepting it at once; others within key_cache_seconds
+def delete_key(key_id: str, s: SessionDep, rt: RuntimeDep, _admin: AdminKey) -> Response:
+    # Committed before the response; this process stops accepting the key at once, others within key_cache_seconds.
+    svc.revoke_key(s, key_id=key_id, authenticator=rt.auth)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

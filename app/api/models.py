@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import OperatorKey, RuntimeDep, SessionDep
+from app.deps import RuntimeDep, SessionDep, SiteDep
 from app.models import ModelVersion
 from app.schemas.api import ModelVersionOut
 from app.services import registry
-from app.services import sites as sites_svc
 
 router = APIRouter(tags=["models"])
 
@@ -34,20 +33,15 @@ def version_out(mv: ModelVersion) -> ModelVersionOut:
 
 
 @router.get("/sites/{site_id}/models", response_model=list[ModelVersionOut])
-def list_models(site_id: str, s: SessionDep, principal: OperatorKey) -> list[ModelVersionOut]:
-    principal.require_site(site_id)
-    sites_svc.get_site(s, site_id)
-    return [version_out(mv) for mv in registry.list_versions(s, site_id)]
+def list_models(site: SiteDep, s: SessionDep) -> list[ModelVersionOut]:
+    return [version_out(mv) for mv in registry.list_versions(s, site_id=site.id)]
 
 
 @router.post("/sites/{site_id}/models/{version}/activate", response_model=ModelVersionOut)
-def activate(site_id: str, version: int, rt: RuntimeDep, principal: OperatorKey) -> ModelVersionOut:
+def activate(site: SiteDep, version: int, s: SessionDep, rt: RuntimeDep) -> ModelVersionOut:
     """Make this version the one /locate uses (promotion or rollback). Every API process picks it up
     within a few seconds."""
-    principal.require_site(site_id)
-    with rt.db.session() as s:
-        sites_svc.get_site(s, site_id)
-        mv = registry.activate(s, site_id=site_id, version=version, reason="activated through the API")
-        out = version_out(mv)
-    rt.notifier.publish(site_id)
-    return out
+    mv = registry.activate_and_notify(
+        s, site_id=site.id, version=version, reason="activated through the API", notifier=rt.notifier
+    )
+    return version_out(mv)

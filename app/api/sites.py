@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, status
 
-from app.deps import OperatorKey, RuntimeDep, SessionDep
+from app.deps import OperatorKey, RuntimeDep, ScopedSiteId, SessionDep, SiteDep
 from app.errors import Forbidden
 from app.schemas.api import SiteCreate, SiteOut, SurveyOut
 from app.services import sites as svc
@@ -19,18 +19,17 @@ def create_site(body: SiteCreate, s: SessionDep, principal: OperatorKey) -> Site
     if not principal.is_admin and principal.sites is not None:
         raise Forbidden("this operator key is limited to listed sites and cannot create new ones")
     site = svc.create_site(s, body=body)
-    return svc.site_out(s, site, detail=False)
+    return svc.site_out(s, site=site, detail=False)
 
 
 @router.get("/sites", response_model=list[SiteOut])
 def list_sites(s: SessionDep, principal: OperatorKey) -> list[SiteOut]:
-    return [svc.site_out(s, site) for site in svc.list_sites(s, principal=principal)]
+    return [svc.site_out(s, site=site) for site in svc.list_sites(s, principal=principal)]
 
 
 @router.get("/sites/{site_id}", response_model=SiteOut)
-def get_site(site_id: str, s: SessionDep, principal: OperatorKey) -> SiteOut:
-    principal.require_site(site_id)
-    return svc.site_out(s, svc.get_site(s, site_id))
+def get_site(site: SiteDep, s: SessionDep) -> SiteOut:
+    return svc.site_out(s, site=site)
 
 
 @router.post(
@@ -56,10 +55,10 @@ def get_site(site_id: str, s: SessionDep, principal: OperatorKey) -> SiteOut:
         }
     },
 )
-async def upload_survey(site_id: str, request: Request, rt: RuntimeDep, principal: OperatorKey) -> SurveyOut:
+async def upload_survey(site_id: ScopedSiteId, request: Request, rt: RuntimeDep) -> SurveyOut:
     """Labelled survey data: a JSON body `{"fingerprints": [...]}` or a multipart file upload.
 
     All or nothing: a malformed row anywhere gets a 422 naming it, and nothing is kept.
     """
-    principal.require_site(site_id)
-    return await receive_survey(rt, site_id, request)
+    # No SiteDep here: its session would stay open while a large file streams in. The store checks the site.
+    return await receive_survey(rt, site_id=site_id, request=request)

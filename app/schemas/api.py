@@ -8,9 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import FingerprintIn, Label, SensorWindowIn, WifiEntry
+from ml.models import MODEL_NAMES, STRATEGY_NAMES
 
-ModelName = Literal["wknn", "dnn", "cnnloc", "itoloc", "mtloc"]
-Strategy = Literal["scratch", "frozen", "finetune", "msta", "encoder"]
+# Built from ml.models' registry (the one list of names); still a Literal, so OpenAPI shows the enum.
+ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
+Strategy = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
 
 
 class SiteCreate(BaseModel):

@@ -14,43 +14,45 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
-from app.errors import Conflict, Invalid, NotAvailable
+from app.errors import Conflict, Invalid, JobFailed, NotAvailable
 from app.models import Job, ModelVersion, Query, Site
 from app.services.codec import wifi_from_db
-from app.services.jobs import JobContext, JobFailed, ProgressReporter, create_job, finish_job
+from app.services.jobs import JobContext, ProgressReporter, create_job, finish_job
 from app.services.registry import activate, publish_version
-from app.services.training import load_site_fingerprints
+from app.services.surveys import load_site_fingerprints
 from ml.cotrain import CotrainConfig, holdout_guard
 from ml.data.features import build_set
 from ml.finetune import evaluate
-from ml.models import get_model_class
+from ml.models import MODEL_NAMES, get_model_class
 from ml.serialize import dumps, loads
 from ml.types import Fingerprint
 
 log = logging.getLogger(__name__)
 
 
-def _active_version(s: Any, site_id: str) -> ModelVersion | None:
+def _active_version(s: Session, site_id: str) -> ModelVersion | None:
     return s.scalar(select(ModelVersion).where(ModelVersion.site_id == site_id, ModelVersion.status == "active"))
 
 
-def unused_queries(s: Any, site_id: str) -> int:
+def unused_queries(s: Session, *, site_id: str) -> int:
+    """How many of the site's stored queries no update has used yet."""
     return int(
         s.scalar(select(func.count()).select_from(Query).where(Query.site_id == site_id, Query.used_by_job.is_(None)))
         or 0
     )
 
 
-def _pending_job(s: Any, site_id: str) -> str | None:
+def _pending_job(s: Session, site_id: str) -> str | None:
     return s.scalar(
         select(Job.id).where(Job.site_id == site_id, Job.kind == "cotrain", Job.state.in_(("queued", "running")))
     )
 
 
-def request_cotrain(s: Any, *, site: Site, params: dict[str, Any]) -> Job:
+def request_cotrain(s: Session, *, site: Site, params: dict[str, Any]) -> Job:
     """Validate and create a co-training job (the caller commits, then dispatches)."""
     active = _active_version(s, site.id)
     if active is None:
@@ -63,8 +65,10 @@ def request_cotrain(s: Any, *, site: Site, params: dict[str, Any]) -> Job:
     try:
         CotrainConfig.from_params(dict(params.get("params") or {}))
     except (ValueError, TypeError) as exc:
+        # User params checked before any job exists: ml.errors.InvalidParams is a ValueError (ml.cotrain still
+        # raises plain ones), and a value of the wrong type ({"sigma": "x"}) fails its comparison with TypeError.
         raise Invalid(f"params: {exc}") from None
-    if unused_queries(s, site.id) == 0:
+    if unused_queries(s, site_id=site.id) == 0:
         raise Conflict(f"site {site.id!r} has no stored queries not yet used by an update; nothing to learn from")
     pending = _pending_job(s, site.id)
     if pending is not None:
@@ -72,20 +76,18 @@ def request_cotrain(s: Any, *, site: Site, params: dict[str, Any]) -> Job:
     return create_job(s, kind="cotrain", site_id=site.id, params=params)
 
 
-def schedule_due_updates(db: Database, settings: Settings) -> list[str]:
-    """Jobs for every site whose active model co-trains and has >= cotrain_min_new_queries unused queries."""
+def schedule_due_updates(s: Session, *, settings: Settings) -> list[str]:
+    """Jobs for every site whose active model co-trains and has >= cotrain_min_new_queries unused queries.
+
+    The caller commits, then enqueues the returned job ids."""
     created = []
-    with db.session() as s:
-        rows = s.execute(select(ModelVersion.site_id, ModelVersion.model).where(ModelVersion.status == "active")).all()
-        for site_id, model in rows:
-            try:
-                if not get_model_class(model).supports_cotrain:
-                    continue
-            except KeyError:
-                continue
-            if _pending_job(s, site_id) or unused_queries(s, site_id) < settings.cotrain_min_new_queries:
-                continue
-            created.append(create_job(s, kind="cotrain", site_id=site_id, params={"scheduled": True}).id)
+    rows = s.execute(select(ModelVersion.site_id, ModelVersion.model).where(ModelVersion.status == "active")).all()
+    for site_id, model in rows:
+        if model not in MODEL_NAMES or not get_model_class(model).supports_cotrain:
+            continue
+        if _pending_job(s, site_id) or unused_queries(s, site_id=site_id) < settings.cotrain_min_new_queries:
+            continue
+        created.append(create_job(s, kind="cotrain", site_id=site_id, params={"scheduled": True}).id)
     return created
 
 
@@ -154,7 +156,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
         parent, model_name = active.version, active.model
         model = loads(active.weights, active.config, device=ctx.device)
         holdout_ids = set((active.training or {}).get("holdout_fingerprint_ids") or [])
-        survey = load_site_fingerprints(s, site_id)
+        survey = load_site_fingerprints(s, site_id=site_id)
         pool_ids, queries = _load_queries(s, site_id, ctx.settings.cotrain_max_queries)
     if not model.supports_cotrain:
         raise JobFailed(f"the active model ({model_name}) does not support co-training")
@@ -164,12 +166,9 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
     holdout = build_set([fp for fp in survey if fp.extra["id"] in holdout_ids], aps=model.aps)
     unlabeled = build_set(queries, aps=model.aps)
 
-    try:
-        new_model, summary = model.cotrain(
-            labeled, unlabeled, params, seed=seed, progress=progress.span(0.05, 0.9), device=ctx.device
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise JobFailed(f"co-training failed: {exc}") from exc
+    new_model, summary = model.cotrain(
+        labeled, unlabeled, params, seed=seed, progress=progress.span(0.05, 0.9), device=ctx.device
+    )
     progress(0.92, "judging the update on the survey holdout")
     before, after = evaluate(model, holdout), evaluate(new_model, holdout)
     promote, reason = _judge(before, after, ctx.settings.cotrain_tolerance, guard)
@@ -219,7 +218,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
         }
         finish_job(
             s,
-            job.id,
+            job_id=job.id,
             model_version=mv.version,
             metrics=after,
             result=result,
@@ -232,7 +231,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
     return {"version": version}
 
 
-def _load_queries(s: Any, site_id: str, limit: int) -> tuple[list[str], list[Fingerprint]]:
+def _load_queries(s: Session, site_id: str, limit: int) -> tuple[list[str], list[Fingerprint]]:
     rows = s.execute(
         select(Query.id, Query.wifi, Query.device, Query.client_timestamp, Query.created_at)
         .where(Query.site_id == site_id, Query.used_by_job.is_(None))

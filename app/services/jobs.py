@@ -1,9 +1,7 @@
-"""Background jobs: creation, progress, and execution (the body of the Celery task).
+"""Job rows: create, read, report progress, finish, fail; and the context a running job gets.
 
-`execute_job` is idempotent: a job that already finished is left alone, and a
-job redelivered after a worker crash runs again from the start (model versions
-are published in the same transaction that marks the job succeeded, so a
-crashed run never leaves a half-written version behind).
+A leaf: job bodies (app.services.training, app.services.cotrain) import it, and the runner table that
+executes them lives in app.services.runner.
 """
 
 from __future__ import annotations
@@ -12,18 +10,18 @@ import logging
 import os
 import socket
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import Database
-from app.errors import NotFound, SitelocError
-from app.models import Job, ModelVersion
+from app.errors import NotFound
+from app.models import Job
 from app.schemas.api import JobOut
 from app.services.ids import new_id
 from app.services.notify import LocalNotifier
@@ -46,18 +44,23 @@ class JobContext:
     notifier: LocalNotifier
 
 
-class JobFailed(Exception):
-    """An expected failure with a message for the user (bad data, unsupported option)."""
-
-
-def create_job(s: Any, *, kind: str, site_id: str | None, params: dict[str, Any]) -> Job:
+def create_job(s: Session, *, kind: str, site_id: str | None, params: dict[str, Any]) -> Job:
     job = Job(id=new_id(), kind=kind, site_id=site_id, state="queued", progress=0.0, message="queued", params=params)
     s.add(job)
     s.flush()
     return job
 
 
-def get_job(s: Any, job_id: str) -> Job:
+def commit_and_enqueue(s: Session, *, job: Job, enqueue: Callable[[str], None]) -> str:
+    """Commit the new job row, then hand its id to the workers (a worker must never look for an uncommitted
+    job). Returns the job id."""
+    job_id = job.id
+    s.commit()
+    enqueue(job_id)
+    return job_id
+
+
+def get_job(s: Session, *, job_id: str) -> Job:
     job = s.get(Job, job_id) if len(job_id) <= 32 else None
     if job is None:
         raise NotFound(f"job {job_id!r} not found")
@@ -99,57 +102,10 @@ class ProgressReporter:
         return child
 
 
-Runner = Callable[[JobContext, Job, ProgressReporter], dict[str, Any]]
-
-
-def _runners() -> dict[str, Runner]:
-    from app.services.cotrain import run_cotrain
-    from app.services.training import run_finetune
-
-    return {"finetune": run_finetune, "cotrain": run_cotrain}
-
-
-def execute_job(ctx: JobContext, job_id: str) -> str:
-    """Run a job to completion; returns its final state. Safe to call twice for the same job."""
-    with ctx.db.session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            log.warning("job %s does not exist (deleted?); nothing to do", job_id)
-            return "missing"
-        if job.state in ("succeeded", "failed"):
-            return job.state
-        # Redelivered after a crash that happened after publishing: finish the bookkeeping only.
-        done = s.scalar(select(ModelVersion.version).where(ModelVersion.job_id == job_id))
-        if done is not None:
-            job.state, job.progress, job.model_version = "succeeded", 1.0, done
-            job.finished_at = datetime.now(UTC)
-            return "succeeded"
-        job.state, job.attempts = "running", job.attempts + 1
-        job.started_at, job.message = datetime.now(UTC), "started"
-        kind = job.kind
-    runner = _runners().get(kind)
-    progress = ProgressReporter(ctx.db, job_id)
-    try:
-        if runner is None:
-            raise JobFailed(f"unknown job kind {kind!r}")
-        with ctx.db.session() as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-        runner(ctx, job, progress)
-        return "succeeded"
-    except (JobFailed, SitelocError) as exc:
-        fail_job(ctx.db, job_id, str(exc.detail if isinstance(exc, SitelocError) else exc))
-        return "failed"
-    except Exception as exc:
-        log.exception("job %s (%s) crashed", job_id, kind)
-        fail_job(ctx.db, job_id, f"internal error: {type(exc).__name__}: {exc}", tb=traceback.format_exc())
-        return "failed"
-
-
 def finish_job(
-    s: Any,
-    job_id: str,
+    s: Session,
     *,
+    job_id: str,
     model_version: int | None,
     metrics: dict[str, Any] | None,
     result: dict[str, Any],
@@ -173,12 +129,10 @@ def finish_job(
     )
 
 
-def fail_job(db: Database, job_id: str, error: str, tb: str | None = None) -> None:
-    if tb:
-        log.debug("job %s traceback:\n%s", job_id, tb)
-    with db.session() as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(state="failed", message="failed", error=error[:4000], finished_at=datetime.now(UTC))
-        )
+def fail_job(s: Session, *, job_id: str, error: str) -> None:
+    """Mark failure with the error shown to the user (caller commits)."""
+    s.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(state="failed", message="failed", error=error[:4000], finished_at=datetime.now(UTC))
+    )

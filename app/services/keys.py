@@ -39,14 +39,20 @@ def create_key(s: Session, *, body: KeyCreate) -> tuple[ApiKey, str]:
     return key, plaintext
 
 
-def revoke_key(s: Session, *, key_id: str) -> None:
+def revoke_key(s: Session, *, key_id: str, authenticator: KeyAuthenticator | None = None) -> None:
+    """Revoke a key and commit; then `authenticator` (this process's cache) stops accepting it at once, other
+    processes within key_cache_seconds."""
     key = s.get(ApiKey, key_id) if len(key_id) <= 32 else None
     if key is None or key.revoked_at is not None:
         raise NotFound(f"key {key_id!r} not found")
     key.revoked_at = datetime.now(UTC)
+    s.commit()
+    if authenticator is not None:
+        authenticator.forget()
 
 
 def has_admin_key(s: Session) -> bool:
+    """Whether any admin key is still valid."""
     return s.scalar(select(ApiKey.id).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None)).limit(1)) is not None
 
 

@@ -26,7 +26,7 @@ from ml.serialize import loads
 log = logging.getLogger(__name__)
 
 
-def next_version(s: Session, site_id: str) -> int:
+def next_version(s: Session, *, site_id: str) -> int:
     current = s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.site_id == site_id))
     return int(current or 0) + 1
 
@@ -51,7 +51,7 @@ def publish_version(
         raise NotFound(f"site {site_id!r} not found")
     mv = ModelVersion(
         site_id=site_id,
-        version=next_version(s, site_id),
+        version=next_version(s, site_id=site_id),
         model=model,
         status="candidate",
         source=source,
@@ -92,7 +92,19 @@ def activate(s: Session, *, site_id: str, version: int, reason: str | None = Non
     return mv
 
 
-def list_versions(s: Session, site_id: str) -> list[ModelVersion]:
+def activate_and_notify(
+    s: Session, *, site_id: str, version: int, reason: str, notifier: LocalNotifier
+) -> ModelVersion:
+    """Activate `version`, commit, and only then tell every process's model cache (a cache that reloads on the
+    notice must find the new active version)."""
+    mv = activate(s, site_id=site_id, version=version, reason=reason)
+    s.commit()
+    notifier.publish(site_id)
+    return mv
+
+
+def list_versions(s: Session, *, site_id: str) -> list[ModelVersion]:
+    """The site's versions, newest first."""
     return list(
         s.scalars(select(ModelVersion).where(ModelVersion.site_id == site_id).order_by(ModelVersion.version.desc()))
     )

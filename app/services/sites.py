@@ -13,6 +13,7 @@ from app.services.ids import new_id
 
 
 def create_site(s: Session, *, body: SiteCreate) -> Site:
+    """A new site (caller commits)."""
     floors = None if body.floors is None else list(dict.fromkeys(str(f) for f in body.floors))
     site = Site(id=new_id(), name=body.name, floors=floors)
     s.add(site)
@@ -20,7 +21,8 @@ def create_site(s: Session, *, body: SiteCreate) -> Site:
     return site
 
 
-def get_site(s: Session, site_id: str) -> Site:
+def get_site(s: Session, *, site_id: str) -> Site:
+    """The site, or NotFound."""
     site = s.get(Site, site_id) if len(site_id) <= 32 else None
     if site is None:
         raise NotFound(f"site {site_id!r} not found")
@@ -28,13 +30,15 @@ def get_site(s: Session, site_id: str) -> Site:
 
 
 def list_sites(s: Session, *, principal: Principal) -> list[Site]:
+    """The sites the key may see, oldest first."""
     q = select(Site).order_by(Site.created_at)
     if not principal.is_admin and principal.sites is not None:
         q = q.where(Site.id.in_(principal.sites))
     return list(s.scalars(q))
 
 
-def site_out(s: Session, site: Site, *, detail: bool = True) -> SiteOut:
+def site_out(s: Session, *, site: Site, detail: bool = True) -> SiteOut:
+    """The API view of a site; with `detail`, its row counts and active model too."""
     out = SiteOut(id=site.id, name=site.name, floors=site.floors, created_at=site.created_at)
     if not detail:
         return out

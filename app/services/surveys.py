@@ -1,4 +1,5 @@
-"""Survey ingestion: labelled fingerprints (and sensor windows) into the database, all or nothing.
+"""Surveys: labelled fingerprints (and sensor windows) into the database, all or nothing; and read back as
+training rows (finetune and co-training jobs).
 
 Rows are inserted in chunks inside one transaction, so a large file streams
 through with bounded memory and a failure anywhere keeps nothing.
@@ -16,8 +17,9 @@ from sqlalchemy.orm import Session
 from app.errors import Invalid
 from app.models import Site, SiteAP, Survey, SurveyFingerprint, Window
 from app.schemas.api import SurveyOut
-from app.services.codec import pack_sensors, wifi_to_db
+from app.services.codec import pack_sensors, unpack_sensors, wifi_from_db, wifi_to_db
 from app.services.ids import new_id
+from ml.models.base import LocModel
 from ml.types import Fingerprint
 
 CHUNK = 2000
@@ -173,5 +175,82 @@ def _grow_vocabulary(s: Session, site_id: str, seen: Counter[str]) -> None:
         s.execute(insert(SiteAP), new_rows)
 
 
-def site_vocabulary(s: Session, site_id: str) -> list[str]:
+def site_vocabulary(s: Session, *, site_id: str) -> list[str]:
+    """The site's BSSIDs in vocabulary order (indices never change)."""
     return list(s.scalars(select(SiteAP.bssid).where(SiteAP.site_id == site_id).order_by(SiteAP.idx)))
+
+
+# -- reading a survey back (the training jobs) -----------------------------------------------------
+
+
+def load_site_fingerprints(s: Session, *, site_id: str) -> list[Fingerprint]:
+    """The site's survey scans, in insertion order, each with its row id in `extra["id"]`."""
+    rows = s.execute(
+        select(
+            SurveyFingerprint.wifi,
+            SurveyFingerprint.x,
+            SurveyFingerprint.y,
+            SurveyFingerprint.floor,
+            SurveyFingerprint.building,
+            SurveyFingerprint.device,
+            SurveyFingerprint.timestamp,
+            SurveyFingerprint.path,
+            SurveyFingerprint.user,
+            SurveyFingerprint.id,
+        )
+        .where(SurveyFingerprint.site_id == site_id)
+        .order_by(SurveyFingerprint.id)
+        .execution_options(yield_per=5000)
+    )
+    return [
+        Fingerprint(
+            wifi=wifi_from_db(w), x=x, y=y, floor=f, building=b, device=d, timestamp=t, path=p, user=u, extra={"id": i}
+        )
+        for w, x, y, f, b, d, t, p, u, i in rows
+    ]
+
+
+def load_site_windows(s: Session, *, site_id: str) -> list[Fingerprint]:
+    """The site's sensor windows, each with its WiFi scan (the referenced survey scan, or its own copy)."""
+    scan = SurveyFingerprint.__table__.alias("scan")
+    rows = s.execute(
+        select(
+            Window.wifi,
+            scan.c.wifi,
+            Window.sensors,
+            Window.x,
+            Window.y,
+            Window.floor,
+            Window.building,
+            Window.device,
+            Window.timestamp,
+            Window.path,
+            Window.id,
+        )
+        .outerjoin(scan, scan.c.id == Window.fingerprint_id)
+        .where(Window.site_id == site_id)
+        .order_by(Window.id)
+        .execution_options(yield_per=5000)
+    )
+    return [
+        Fingerprint(
+            wifi=wifi_from_db(own if own is not None else ref),
+            x=x,
+            y=y,
+            floor=f,
+            building=b,
+            device=d,
+            timestamp=t,
+            path=p,
+            sensors=unpack_sensors(blob),
+            extra={"id": i},
+        )
+        for own, ref, blob, x, y, f, b, d, t, p, i in rows
+    ]
+
+
+def load_training_rows(s: Session, *, site_id: str, cls: type[LocModel]) -> list[Fingerprint]:
+    """What `cls` trains on: the site's survey scans, or its sensor windows."""
+    if cls.trains_on == "windows":
+        return load_site_windows(s, site_id=site_id)
+    return load_site_fingerprints(s, site_id=site_id)

@@ -7,59 +7,45 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from app.errors import Conflict, Invalid, NotAvailable
+from app.errors import Conflict, Invalid, JobFailed, NotAvailable
 from app.models import Job, Site, SurveyFingerprint, Window
 from app.schemas.api import FinetuneIn
 from app.security import Principal
-from app.services.codec import unpack_sensors, wifi_from_db
-from app.services.jobs import JobContext, JobFailed, ProgressReporter, create_job, finish_job
+from app.services.jobs import JobContext, ProgressReporter, create_job, finish_job
 from app.services.registry import publish_version
 from app.services.sites import get_site
-from app.services.surveys import site_vocabulary
-from app.services.transfer import (
-    MTLOC_STRATEGIES,
-    TRANSFER_STRATEGIES,
-    fit_with_transfer,
-    mtloc_imu_artifact,
-    source_artifacts,
-)
+from app.services.surveys import load_site_fingerprints, load_site_windows, load_training_rows, site_vocabulary
+from app.services.transfer import fit_with_transfer, mtloc_imu_artifact, source_artifacts
 from ml.data.features import FingerprintSet, build_set
 from ml.finetune import FitFn, finetune, fit_model
-from ml.models import available_models, get_model_class
+from ml.models import MODEL_NAMES, available_models, get_model_class, model_strategies, models_with_strategy
 from ml.models.base import LocModel, ProgressFn
 from ml.seed import seed_everything
 from ml.serialize import dumps
-from ml.types import Fingerprint
 
 log = logging.getLogger(__name__)
 
-# Transfer strategies per model (ml.transfer; mtloc's IMU-LSTM in ml.models.mtloc); everything else trains
-# with strategy "scratch" only.
-TRANSFER: dict[str, tuple[str, ...]] = {
-    "dnn": TRANSFER_STRATEGIES,
-    "cnnloc": TRANSFER_STRATEGIES,
-    "mtloc": MTLOC_STRATEGIES,
-}
 
-
-def request_finetune(s: Any, *, site: Site, body: FinetuneIn, principal: Principal | None = None) -> Job:
+def request_finetune(s: Session, *, site: Site, body: FinetuneIn, principal: Principal | None = None) -> Job:
     """Validate a finetune request and create its job (the caller commits, then dispatches)."""
-    try:
-        get_model_class(body.model)
-    except KeyError:
+    if body.model not in MODEL_NAMES:
         raise NotAvailable(
             f"model {body.model!r} is not available in this build yet; available: {', '.join(available_models())}"
-        ) from None
+        )
+    cls = get_model_class(body.model)
     _check_strategy(s, site, body, principal)
     try:
-        get_model_class(body.model).check_params({k: v for k, v in body.params.items() if k != "holdout_fraction"})
+        cls.check_params({k: v for k, v in body.params.items() if k != "holdout_fraction"})
     except ValueError as exc:
+        # The user's params, checked before any job exists (a 422, the documented contract): ml.errors.InvalidParams
+        # is a ValueError, and the models' checks still raise plain ones.
         raise Invalid(f"params: {exc}") from None
     has_data = s.scalar(select(SurveyFingerprint.id).where(SurveyFingerprint.site_id == site.id).limit(1))
     if has_data is None:
         raise Conflict(f"site {site.id!r} has no survey fingerprints yet; POST /sites/{site.id}/surveys first")
-    if get_model_class(body.model).trains_on == "windows" and not _has_windows(s, site.id):
+    if cls.trains_on == "windows" and not _has_windows(s, site.id):
         raise Conflict(
             f"model {body.model!r} trains on sensor windows and site {site.id!r} has none; upload a survey whose "
             "fingerprints carry 'sensors', or an ilc2020 trace archive"
@@ -68,14 +54,14 @@ def request_finetune(s: Any, *, site: Site, body: FinetuneIn, principal: Princip
     return create_job(s, kind="finetune", site_id=site.id, params=params)
 
 
-def _check_strategy(s: Any, site: Site, body: FinetuneIn, principal: Principal | None) -> None:
+def _check_strategy(s: Session, site: Site, body: FinetuneIn, principal: Principal | None) -> None:
     strategy = body.strategy or "scratch"
     if strategy == "scratch":
         if body.transfer_from:
             raise Invalid("transfer_from needs a transfer strategy ('encoder' or 'msta')")
         return
-    if strategy not in TRANSFER.get(body.model, ()):
-        models = ", ".join(m for m, st in TRANSFER.items() if strategy in st) or "none in this build"
+    if strategy not in model_strategies(body.model):
+        models = ", ".join(models_with_strategy(strategy)) or "none in this build"
         raise NotAvailable(f"strategy {strategy!r} is not available for model {body.model!r}; models with it: {models}")
     if not body.transfer_from:
         raise Invalid(f"strategy {strategy!r} needs transfer_from: the source site ids")
@@ -84,85 +70,17 @@ def _check_strategy(s: Any, site: Site, body: FinetuneIn, principal: Principal |
             raise Invalid("a site cannot transfer from itself")
         if principal is not None:
             principal.require_site(source)
-        get_site(s, source)
+        get_site(s, site_id=source)
         if s.scalar(select(SurveyFingerprint.id).where(SurveyFingerprint.site_id == source).limit(1)) is None:
             raise Conflict(f"source site {source!r} has no survey fingerprints to transfer from")
         if get_model_class(body.model).trains_on == "windows" and not _has_windows(s, source):
             raise Conflict(f"source site {source!r} has no sensor windows to pretrain the IMU-LSTM on")
 
 
-def _has_windows(s: Any, site_id: str) -> bool:
+def _has_windows(s: Session, site_id: str) -> bool:
     return s.scalar(select(Window.id).where(Window.site_id == site_id).limit(1)) is not None
 
 
-def load_site_fingerprints(s: Any, site_id: str) -> list[Fingerprint]:
-    rows = s.execute(
-        select(
-            SurveyFingerprint.wifi,
-            SurveyFingerprint.x,
-            SurveyFingerprint.y,
-            SurveyFingerprint.floor,
-            SurveyFingerprint.building,
-            SurveyFingerprint.device,
-            SurveyFingerprint.timestamp,
-            SurveyFingerprint.path,
-            SurveyFingerprint.user,
-            SurveyFingerprint.id,
-        )
-        .where(SurveyFingerprint.site_id == site_id)
-        .order_by(SurveyFingerprint.id)
-        .execution_options(yield_per=5000)
-    )
-    return [
-        Fingerprint(
-            wifi=wifi_from_db(w), x=x, y=y, floor=f, building=b, device=d, timestamp=t, path=p, user=u, extra={"id": i}
-        )
-        for w, x, y, f, b, d, t, p, u, i in rows
-    ]
-
-
-def load_site_windows(s: Any, site_id: str) -> list[Fingerprint]:
-    """The site's sensor windows, each with its WiFi scan (the referenced survey scan, or its own copy)."""
-    scan = SurveyFingerprint.__table__.alias("scan")
-    rows = s.execute(
-        select(
-            Window.wifi,
-            scan.c.wifi,
-            Window.sensors,
-            Window.x,
-            Window.y,
-            Window.floor,
-            Window.building,
-            Window.device,
-            Window.timestamp,
-            Window.path,
-            Window.id,
-        )
-        .outerjoin(scan, scan.c.id == Window.fingerprint_id)
-        .where(Window.site_id == site_id)
-        .order_by(Window.id)
-        .execution_options(yield_per=5000)
-    )
-    return [
-        Fingerprint(
-            wifi=wifi_from_db(own if own is not None else ref),
-            x=x,
-            y=y,
-            floor=f,
-            building=b,
-            device=d,
-            timestamp=t,
-            path=p,
-            sensors=unpack_sensors(blob),
-            extra={"id": i},
-        )
-        for own, ref, blob, x, y, f, b, d, t, p, i in rows
-    ]
-
-
-def load_training_rows(s: Any, site_id: str, cls: type[LocModel]) -> list[Fingerprint]:
-    """What `cls` trains on: the site's survey scans, or its sensor windows."""
-    return load_site_windows(s, site_id) if cls.trains_on == "windows" else load_site_fingerprints(s, site_id)
 
 
 def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, Any]:
@@ -179,15 +97,15 @@ def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[
         raise JobFailed("params.holdout_fraction must be in [0, 1)")
     progress(0.0, "loading survey")
     with ctx.db.session() as s:
-        fps = load_training_rows(s, site_id, cls)
-        vocab = site_vocabulary(s, site_id)
+        fps = load_training_rows(s, site_id=site_id, cls=cls)
+        vocab = site_vocabulary(s, site_id=site_id)
     if not fps:
         raise JobFailed(f"the site has no survey {'sensor windows' if cls.trains_on == 'windows' else 'fingerprints'}")
     seed_everything(body.seed)
     full = _drop_unheard_aps(build_set(fps, aps=vocab))
     strategy = body.strategy or "scratch"
     transfer: dict[str, Any] = {}
-    if strategy != "scratch":  # request_finetune checked it is one of TRANSFER[body.model]
+    if strategy != "scratch":  # request_finetune checked it is one of model_strategies(body.model)
         fit_transfer = _fit_mtloc_transfer if body.model == "mtloc" else _fit_transfer
         fit = fit_transfer(ctx, job, body, params, progress.span(0.02, 0.4), transfer)
         span = progress.span(0.4, 0.95)
@@ -247,7 +165,7 @@ def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[
         )
         finish_job(
             s,
-            job.id,
+            job_id=job.id,
             model_version=mv.version,
             metrics=public_metrics,
             result={
@@ -281,8 +199,8 @@ def _fit_transfer(
 
     def load_set(site_id: str) -> FingerprintSet:
         with ctx.db.session() as s:
-            fps = load_site_fingerprints(s, site_id)
-            vocab = site_vocabulary(s, site_id)
+            fps = load_site_fingerprints(s, site_id=site_id)
+            vocab = site_vocabulary(s, site_id=site_id)
         return _drop_unheard_aps(build_set(fps, aps=vocab))
 
     artifacts, notes = source_artifacts(
@@ -332,7 +250,7 @@ def _fit_mtloc_transfer(
 
     def load_set(site_id: str) -> FingerprintSet:
         with ctx.db.session() as s:
-            return build_set(load_site_windows(s, site_id), aps=[])
+            return build_set(load_site_windows(s, site_id=site_id), aps=[])
 
     artifact, note = mtloc_imu_artifact(
         ctx.db,

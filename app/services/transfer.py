@@ -15,8 +15,6 @@ from ml.data.features import FingerprintSet
 from ml.models.base import LocModel
 
 log = logging.getLogger(__name__)
-TRANSFER_STRATEGIES = ("encoder", "msta")
-MTLOC_STRATEGIES = ("scratch", "frozen", "finetune")  # ml.models.mtloc: the IMU-LSTM from the sources
 
 
 def _artifact_keys(strategy: str, sources: list[str]) -> list[list[str]]:

@@ -26,7 +26,8 @@ FORMATS = ("ujiindoorloc", "ilc2020", "jsonl")
 DEFAULT_WINDOW_STRIDE_MS = 500
 
 
-async def receive_survey(rt: Runtime, site_id: str, request: Request) -> SurveyOut:
+async def receive_survey(rt: Runtime, *, site_id: str, request: Request) -> SurveyOut:
+    """Store a survey sent as JSON or as a multipart file (the site is checked inside the store's transaction)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         raw = await request.body()
@@ -123,7 +124,7 @@ def _store(
     filename: str | None,
 ) -> SurveyOut:
     with rt.db.session() as s:
-        site = sites_svc.get_site(s, site_id)
+        site = sites_svc.get_site(s, site_id=site_id)
         try:
             out = ingest(s, site=site, batches=batches(), fmt=fmt, filename=filename)
         except DataFormatError as exc:

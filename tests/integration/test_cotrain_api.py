@@ -85,9 +85,11 @@ def test_guard_off_promotes_and_scheduler_starts_due_updates(
     settings = api.backend.settings(cotrain_min_new_queries=len(later[1::2]))
     db = Database(api.backend.database_url)
     try:
-        created = schedule_due_updates(db, settings)
+        with db.session() as s:
+            created = schedule_due_updates(s, settings=settings)
         assert len(created) == 1  # this site is due; nothing else co-trains
-        assert schedule_due_updates(db, settings) == []  # one update per site at a time
+        with db.session() as s:
+            assert schedule_due_updates(s, settings=settings) == []  # one update per site at a time
     finally:
         db.dispose()
     api.app.state.runtime.dispatcher.enqueue(created[0])

@@ -1,8 +1,7 @@
-"""Service building blocks that need no server: group commit, sensor codec, ids, settings, ml purity."""
+"""Service building blocks that need no server: group commit, sensor codec, ids, settings."""
 
 from __future__ import annotations
 
-import ast
 import threading
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from app.services.codec import pack_sensors, unpack_sensors
 from app.services.ids import time_ordered_id
 from app.services.querylog import QueryWriter
 from ml.types import SensorData
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -112,17 +109,3 @@ def test_settings_defaults_and_validation(tmp_path: Path) -> None:
     assert s.visibility_timeout_s > s.job_hard_time_limit_s
     with pytest.raises(ValueError):
         Settings(device="tpu")  # type: ignore[arg-type]
-
-
-def test_ml_imports_nothing_from_the_service() -> None:
-    banned = {"app", "worker", "fastapi", "starlette", "sqlalchemy", "celery", "redis", "alembic", "pydantic"}
-    offenders = []
-    for path in (ROOT / "ml").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in banned]
-    assert offenders == []

@@ -1,4 +1,5 @@
-"""Hand a committed job to whoever runs jobs: Celery workers (full mode) or the in-process worker."""
+"""Hand a committed job to whoever runs jobs: Celery workers (full mode) or the in-process worker and
+scheduler (embedded mode). The composition root (app.runtime) picks one."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from sqlalchemy import select
 
 from app.config import Settings
 from app.models import Job
-from app.services.jobs import JobContext, execute_job
+from app.services.cotrain import schedule_due_updates
+from app.services.jobs import JobContext
+from app.services.runner import execute_job
+from worker.names import RUN_JOB_TASK
 
 log = logging.getLogger(__name__)
-RUN_JOB_TASK = "siteloc.run_job"
-SCHEDULE_TASK = "siteloc.schedule_cotrain"
 
 
 class Dispatcher(Protocol):
@@ -28,7 +30,7 @@ class CeleryDispatcher:
     """Full mode: the job id goes to the Redis broker; `siteloc worker` processes run it."""
 
     def __init__(self, settings: Settings) -> None:
-        from worker.celery_app import make_celery
+        from worker.celery_app import make_celery  # here, not at import: embedded mode never builds a Celery app
 
         self._celery = make_celery(settings)
 
@@ -112,11 +114,11 @@ class EmbeddedScheduler:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        from app.services.cotrain import schedule_due_updates
-
         while not self._stop.wait(self._every):
             try:
-                for job_id in schedule_due_updates(self._ctx.db, self._ctx.settings):
+                with self._ctx.db.session() as s:
+                    created = schedule_due_updates(s, settings=self._ctx.settings)
+                for job_id in created:  # committed above
                     self._dispatcher.enqueue(job_id)
             except Exception:
                 log.exception("scheduling co-training updates failed; retrying next round")

@@ -1,0 +1,4 @@
+"""Celery task names: what the API enqueues and what the worker registers (no Celery import needed)."""
+
+RUN_JOB_TASK = "siteloc.run_job"
+SCHEDULE_TASK = "siteloc.schedule_cotrain"
