@@ -31,20 +31,17 @@ from ml.models.base import ProgressFn, no_progress
 from ml.models.fpmodel import CallbackSlot, FPNetParams, Prepared, Recipe, prepare
 from ml.models.fpnets import NetShape, SpecialisedNet, build_net, load_arrays, make_extractor, state_arrays
 from ml.models.fptrain import (
-    Callback,
-    History,
     HoldoutMonitor,
-    ProgressCallback,
     TrainData,
     adam,
     plain_step,
     pretrain_sae,
-    run_epochs,
-    seeded,
     shuffled_batches,
     task_loss,
     trainable,
 )
+from ml.seed import seeded
+from ml.train import Callback, History, ProgressCallback, run_epochs
 
 
 @dataclass(frozen=True)
@@ -106,8 +103,7 @@ def pretrain_encoder(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Joint pretraining on the source sites; (arrays, config) of the encoder source artifact."""
     preps = [prepare(kind, fs, p, seed, device) for fs in sites.values()]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         multi = MultiSiteNet([pr.shape for pr in preps])
     multi = multi.to(torch.device(device))
     with seeded(seed, torch.device(device)):

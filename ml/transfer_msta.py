@@ -40,20 +40,9 @@ from torch.nn import functional as F
 from ml.models.base import ProgressFn, QueryBatch, no_progress
 from ml.models.fpmodel import FingerprintNet, Prepared, Recipe
 from ml.models.fpnets import SpecialisedNet, build_net, load_arrays, state_arrays
-from ml.models.fptrain import (
-    Callback,
-    History,
-    ProgressCallback,
-    TaskWeights,
-    TrainData,
-    adam,
-    pretrain_sae,
-    run_epochs,
-    seeded,
-    shuffled_batches,
-    task_loss,
-    trainable,
-)
+from ml.models.fptrain import TaskWeights, TrainData, adam, pretrain_sae, shuffled_batches, task_loss, trainable
+from ml.seed import seeded
+from ml.train import Callback, History, ProgressCallback, run_epochs
 
 
 @dataclass(frozen=True)
@@ -186,8 +175,7 @@ def train_teacher(
     """Expert Training of one source site; (arrays, config) of its teacher (G_i and R_i)."""
     s = model.shape
     dev = model.device
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         gen_net = Generator(cfg.noise_dim, cfg.gen_hidden, s.latent, s.rep)
         critic = Critic(s.latent, s.rep, cfg.gen_hidden)
     gen_net, critic = gen_net.to(dev), critic.to(dev)
@@ -313,8 +301,7 @@ def msta_recipe(prep: Prepared, teachers: Sequence[Teacher], cfg: MstaConfig) ->
     ) -> SpecialisedNet:
         net = build_net(prep.shape, prep.seed, prep.device)
         hook(net)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(prep.seed + 3)
+        with seeded(prep.seed + 3):
             psi = MIEstimator(prep.shape.rep, cfg.mi_hidden)
         psi = psi.to(prep.device)
         if prep.shape.kind == "cnnloc":

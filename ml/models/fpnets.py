@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ml.data.features import FingerprintSet
+from ml.seed import seeded
 
 KINDS = ("dnn", "cnnloc")
 
@@ -221,8 +222,7 @@ class SpecialisedNet(nn.Module):
 
 def build_net(s: NetShape, seed: int, device: torch.device) -> SpecialisedNet:
     """Initialised on CPU from `seed` (same weights on CPU and CUDA), then moved."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         net = SpecialisedNet(s)
         he_init(net.framer)
         he_init(net.extractor)
