@@ -30,10 +30,10 @@ thing in every building.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,7 +47,9 @@ from ml.data.splits import split_by_group
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.models.fpnets import floor_key_order, powed
 from ml.params import settings_from
+from ml.seed import seed_torch
 from ml.sensors import window_matrix, window_speed
+from ml.train import Callback, EarlyStopping, EveryEpoch, ProgressCallback, run_epochs, shuffled_indices
 
 STRATEGIES = ("scratch", "frozen", "finetune")
 PRETRAIN_TARGETS = ("position", "speed")
@@ -259,25 +261,35 @@ def pretrain_imu(
     y_mean, y_std = y.mean(axis=0), np.maximum(y.std(axis=0), 1e-6)
     y = (y - y_mean) / y_std
     dev = torch.device(device)
-    torch.manual_seed(seed)
+    seed_torch(seed)
     net = _ImuRegressor(cfg.imu_hidden, y.shape[1]).to(dev)
     opt = torch.optim.RMSprop(net.parameters(), lr=cfg.pretrain_lr)
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     gen = torch.Generator().manual_seed(seed)
-    losses = []
-    for epoch in range(cfg.pretrain_epochs):
-        order = torch.randperm(n, generator=gen).to(dev)
-        total = 0.0
-        for i in range(0, n, cfg.pretrain_batch_size):
-            b = order[i : i + cfg.pretrain_batch_size]
-            loss = nn.functional.mse_loss(net(xt[b]), yt[b])
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            total += loss.item() * len(b)
-        losses.append(total / n)
-        progress((epoch + 1) / cfg.pretrain_epochs, f"IMU-LSTM pretraining epoch {epoch + 1}: mse {losses[-1]:.3f}")
+    losses: list[float] = []  # per-window mean squared error of each epoch
+    squares = 0.0
+
+    def step(b: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        nonlocal squares
+        loss = nn.functional.mse_loss(net(xt[b]), yt[b])
+        squares += loss.item() * len(b)
+        return loss, {}
+
+    def end_epoch(epoch: int, logs: dict[str, float]) -> None:
+        nonlocal squares
+        losses.append(squares / n)
+        squares = 0.0
+
+    callbacks = [
+        EveryEpoch(end_epoch),
+        ProgressCallback(
+            progress,
+            cfg.pretrain_epochs,
+            describe=lambda epoch, logs: f"IMU-LSTM pretraining epoch {epoch}: mse {losses[-1]:.3f}",
+        ),
+    ]
+    batches = partial(shuffled_indices, n, cfg.pretrain_batch_size, gen, dev)
+    run_epochs([net], step, batches, opt, cfg.pretrain_epochs, callbacks, clip_grad_norm=5.0)
     arrays = {f"imu.{k}": v.detach().cpu().numpy() for k, v in net.imu.state_dict().items()}
     config = {
         "artifact": ARTIFACT_KIND,
@@ -389,7 +401,7 @@ class MTLoc(LocModel):
         else:
             norm = Norm.fit(feats, cov)
         dev = torch.device(device)
-        torch.manual_seed(seed)
+        seed_torch(seed)
         net = MTLocNet(len(net_aps), len(floors), cfg).to(dev)
         if imu_source is not None:
             net.imu.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in imu_source.arrays.items()})
@@ -435,42 +447,46 @@ class MTLoc(LocModel):
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(seed)
         n = len(fit_idx)
-        best = (math.inf, -1, copy.deepcopy(self.net.state_dict()))
-        history = []
-        for epoch in range(cfg.epochs):
-            self.net.train()
-            order = torch.randperm(n, generator=gen).to(dev)
-            for i in range(0, n, cfg.batch_size):
-                b = order[i : i + cfg.batch_size]
-                imu, mag, present = _augment(t["imu"][b], t["mag"][b], t["present"][b], cfg, gen)
-                wifi = t["wifi"][b]
-                if cfg.ap_dropout > 0:
-                    wifi = wifi * (torch.rand(wifi.shape, generator=gen).to(dev) >= cfg.ap_dropout)
-                pred, floor_logits, log_sigma = self.net(wifi, imu, mag, present)
-                loss = _loss(pred, floor_logits, log_sigma, t["xy"][b], t["floor"][b], cfg, len(self.floors))
-                opt.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, 5.0)
-                opt.step()
-            if len(val_idx):
-                err = self._errors(data, val_idx, fs.xy)
-                score = float(err.mean())
-                history.append(round(score, 3))
-                if score < best[0]:
-                    best = (score, epoch, copy.deepcopy(self.net.state_dict()))
-                elif cfg.patience and epoch - best[1] >= cfg.patience:
-                    progress((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}: stopping, best epoch {best[1] + 1}")
-                    break
-                progress((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}: validation mean error {score:.2f} m")
-            else:
-                progress((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}")
+
+        def step(b: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+            imu, mag, present = _augment(t["imu"][b], t["mag"][b], t["present"][b], cfg, gen)
+            wifi = t["wifi"][b]
+            if cfg.ap_dropout > 0:
+                wifi = wifi * (torch.rand(wifi.shape, generator=gen).to(dev) >= cfg.ap_dropout)
+            pred, floor_logits, log_sigma = self.net(wifi, imu, mag, present)
+            return _loss(pred, floor_logits, log_sigma, t["xy"][b], t["floor"][b], cfg, len(self.floors)), {}
+
+        callbacks: list[Callback] = []
+        best: EarlyStopping | None = None
         if len(val_idx):
-            self.net.load_state_dict(best[2])
+            es = best = EarlyStopping(
+                self.net,
+                lambda: float(self._errors(data, val_idx, fs.xy).mean()),
+                patience=cfg.patience or None,
+                baseline=math.inf,  # an epoch must have a finite error to replace the initial weights
+            )
+            callbacks.append(es)
+
+            def describe(epoch: int, logs: dict[str, float]) -> str:
+                if es.stopped:
+                    return f"epoch {epoch}: stopping, best epoch {es.best_epoch}"
+                return f"epoch {epoch}: validation mean error {es.scores[-1]:.2f} m"
+
+        else:
+
+            def describe(epoch: int, logs: dict[str, float]) -> str:
+                return f"epoch {epoch}"
+
+        callbacks.append(ProgressCallback(progress, cfg.epochs, describe=describe))
+        batches = partial(shuffled_indices, n, cfg.batch_size, gen, dev)
+        run_epochs([self.net], step, batches, opt, cfg.epochs, callbacks, clip_grad_norm=5.0)
+        if best is not None:
+            best.restore()
         self.info.update(
             {
-                "best_epoch": best[1] + 1 if len(val_idx) else cfg.epochs,
+                "best_epoch": best.best_epoch if best is not None else cfg.epochs,
                 "n_val_windows": len(val_idx),
-                "val_history_m": history,
+                "val_history_m": [round(v, 3) for v in best.scores] if best is not None else [],
                 "n_params": n_params(self.net),
             }
         )
