@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ml.errors import InvalidParams
 from ml.params import settings_from
 
 
@@ -52,11 +53,11 @@ class CotrainConfig:
     def from_params(cls, params: dict[str, Any]) -> CotrainConfig:
         cfg = settings_from(cls, params, "co-training")
         if cfg.pool_start < 1 or cfg.max_rounds < 1 or cfg.dropout_passes < 1 or cfg.epochs < 1:
-            raise ValueError("pool_start, max_rounds, dropout_passes and epochs must be >= 1")
+            raise InvalidParams("pool_start, max_rounds, dropout_passes and epochs must be >= 1")
         if not 0 < cfg.sigma < 1:
-            raise ValueError("sigma must be in (0, 1)")
+            raise InvalidParams("sigma must be in (0, 1)")
         if cfg.agree_radius_m < 0:
-            raise ValueError("agree_radius_m must be >= 0")
+            raise InvalidParams("agree_radius_m must be >= 0")
         return cfg
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ml.errors import InsufficientData, InvalidParams
 from ml.models.base import ProgressFn, QueryBatch, no_progress
 from ml.models.fpmodel import FingerprintNet, Prepared, Recipe
 from ml.models.fpnets import SpecialisedNet, build_net, load_arrays, state_arrays
@@ -285,12 +286,12 @@ def load_teachers(arrays: Mapping[str, np.ndarray], config: Mapping[str, Any], d
 
 def msta_recipe(prep: Prepared, teachers: Sequence[Teacher], cfg: MstaConfig) -> Recipe:
     if not teachers:
-        raise ValueError("msta needs at least one surrogate teacher (source artifact)")
+        raise InsufficientData("msta needs at least one surrogate teacher (source artifact)")
     for t in teachers:
         first = t.gen.extractor[0]
         assert isinstance(first, nn.Linear)
         if (first.in_features, first.out_features) != (prep.shape.latent, prep.shape.rep):
-            raise ValueError(
+            raise InvalidParams(
                 f"teacher {t.name!r} models latent/rep {first.in_features}/{first.out_features}; "
                 f"the target network has {prep.shape.latent}/{prep.shape.rep}"
             )

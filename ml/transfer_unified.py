@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ml.data.features import FingerprintSet
+from ml.errors import InsufficientData
 from ml.models.base import ProgressFn, QueryBatch, no_progress
 from ml.models.fpmodel import FPNetParams, features
 from ml.models.fpnets import NetShape, SiteLabels, he_init, load_arrays, make_extractor, make_framer, state_arrays
@@ -73,7 +74,7 @@ class UnifiedModel:
         device: str = "cpu",
     ) -> UnifiedModel:
         if len(sites) < 2:
-            raise ValueError("the unified model needs at least two sites")
+            raise InsufficientData("the unified model needs at least two sites")
         p = FPNetParams.parse(params or {})
         dev = torch.device(device)
         aps = list(dict.fromkeys(a for fs in sites.values() for a in fs.aps))

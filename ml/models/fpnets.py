@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ml.data.features import FingerprintSet
+from ml.errors import InvalidParams
 from ml.seed import seeded
 
 KINDS = ("dnn", "cnnloc")
@@ -127,11 +128,11 @@ class NetShape:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"network kind {self.kind!r}; choose from {', '.join(KINDS)}")
+            raise InvalidParams(f"network kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if min(self.n_in, self.n_floors, self.n_buildings, self.hidden, self.latent, self.rep) < 1:
-            raise ValueError(f"bad network shape {self}")
+            raise InvalidParams(f"bad network shape {self}")
         if self.kind == "cnnloc" and self.latent % 4:
-            raise ValueError("cnnloc needs latent divisible by 4 (two max-pools)")
+            raise InvalidParams("cnnloc needs latent divisible by 4 (two max-pools)")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ml.errors import InvalidParams
 from ml.params import settings_from
 
 
@@ -89,9 +90,9 @@ class ItolocConfig:
         cfg = settings_from(cls, params, "itoloc")
         cfg = replace(cfg, lr_drops=tuple(float(v) for v in cfg.lr_drops))  # JSON gives a list
         if cfg.zones not in ("building", "site"):
-            raise ValueError("itoloc zones must be 'building' or 'site'")
+            raise InvalidParams("itoloc zones must be 'building' or 'site'")
         if cfg.n_aps < 4 or cfg.f0 <= 0 or cfg.rss_span_db <= 0:
-            raise ValueError("itoloc needs n_aps >= 4, f0 > 0, rss_span_db > 0")
+            raise InvalidParams("itoloc needs n_aps >= 4, f0 > 0, rss_span_db > 0")
         return cfg
 
 

@@ -44,6 +44,7 @@ from torch import nn
 
 from ml.data.features import FingerprintSet, reindex_columns
 from ml.data.splits import split_by_group
+from ml.errors import InsufficientData, InvalidParams
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.models.fpnets import floor_key_order, powed
 from ml.params import settings_from
@@ -94,20 +95,22 @@ class MTLocConfig:
         ints = ("n_aps", "wifi_hidden", "imu_hidden", "mag_hidden", "fusion_hidden", "steps", "batch_size")
         for name in (*ints, "pretrain_batch_size"):
             if int(getattr(cfg, name)) < 1:
-                raise ValueError(f"mtloc param {name} must be >= 1")
+                raise InvalidParams(f"mtloc param {name} must be >= 1")
         if cfg.steps < 2:
-            raise ValueError("mtloc param steps must be >= 2")
+            raise InvalidParams("mtloc param steps must be >= 2")
         if cfg.epochs < 1 or cfg.pretrain_epochs < 1:
-            raise ValueError("mtloc params epochs and pretrain_epochs must be >= 1")
+            raise InvalidParams("mtloc params epochs and pretrain_epochs must be >= 1")
         for name in ("modality_dropout", "partial_rate", "ap_dropout"):
             if not 0 <= getattr(cfg, name) < 1:
-                raise ValueError(f"mtloc param {name} must be in [0, 1)")
+                raise InvalidParams(f"mtloc param {name} must be in [0, 1)")
+        if cfg.patience < 0:
+            raise InvalidParams("mtloc param patience must be >= 0 (0 = never stop early)")
         if not 0 <= cfg.val_fraction < 0.5:
-            raise ValueError("mtloc param val_fraction must be in [0, 0.5)")
+            raise InvalidParams("mtloc param val_fraction must be in [0, 0.5)")
         if cfg.rate_hz <= 0 or cfg.lr <= 0 or cfg.pretrain_lr <= 0 or cfg.min_rss >= 0:
-            raise ValueError("mtloc params rate_hz, lr, pretrain_lr must be > 0 and min_rss < 0")
+            raise InvalidParams("mtloc params rate_hz, lr, pretrain_lr must be > 0 and min_rss < 0")
         if cfg.pretrain_target not in PRETRAIN_TARGETS:
-            raise ValueError(f"mtloc param pretrain_target must be one of {PRETRAIN_TARGETS}")
+            raise InvalidParams(f"mtloc param pretrain_target must be one of {PRETRAIN_TARGETS}")
         return cfg
 
 
@@ -254,7 +257,9 @@ def pretrain_imu(
         y_l.append(y[ok])
     n = sum(len(f) for f in feats_l)
     if n < 2:
-        raise ValueError("IMU pretraining needs sensor windows (with accelerometer or gyroscope) on the source sites")
+        raise InsufficientData(
+            "IMU pretraining needs sensor windows (with accelerometer or gyroscope) on the source sites"
+        )
     feats, cov, y = np.concatenate(feats_l), np.concatenate(cov_l), np.concatenate(y_l).astype(np.float32)
     norm = Norm.fit(feats, cov)
     x = norm.apply(feats, cov)[:, :, :2]
@@ -379,11 +384,11 @@ class MTLoc(LocModel):
     ) -> MTLoc:
         cfg = MTLocConfig.parse(params)
         if strategy not in STRATEGIES:
-            raise ValueError(f"mtloc strategy must be one of {STRATEGIES}, not {strategy!r}")
+            raise InvalidParams(f"mtloc strategy must be one of {STRATEGIES}, not {strategy!r}")
         if (strategy == "scratch") != (imu_source is None):
-            raise ValueError("strategies 'frozen' and 'finetune' need a pretrained IMU-LSTM; 'scratch' takes none")
+            raise InvalidParams("strategies 'frozen' and 'finetune' need a pretrained IMU-LSTM; 'scratch' takes none")
         if len(train) < 2:
-            raise ValueError("mtloc needs at least 2 training windows")
+            raise InsufficientData("mtloc needs at least 2 training windows")
         counts = (~np.isnan(train.rss)).sum(axis=0)
         aps = [b for b, c in zip(train.aps, counts, strict=True) if c > 0]  # the kNN reads them all
         keep = np.argsort(-counts, kind="stable")[: min(cfg.n_aps, len(train.aps))]
@@ -666,12 +671,12 @@ def _rows_of(data: Inputs, idx: np.ndarray) -> Inputs:
 def _check_artifact(art: ImuArtifact, cfg: MTLocConfig) -> None:
     c = art.config
     if int(c.get("imu_hidden", -1)) != cfg.imu_hidden or int(c.get("steps", -1)) != cfg.steps:
-        raise ValueError(
+        raise InvalidParams(
             f"the IMU artifact has imu_hidden={c.get('imu_hidden')}, steps={c.get('steps')}; "
             f"this model has imu_hidden={cfg.imu_hidden}, steps={cfg.steps}"
         )
     if abs(float(c.get("rate_hz", -1)) - cfg.rate_hz) > 1e-9:
-        raise ValueError(f"the IMU artifact was trained at {c.get('rate_hz')} Hz, this model uses {cfg.rate_hz} Hz")
+        raise InvalidParams(f"the IMU artifact was trained at {c.get('rate_hz')} Hz, this model uses {cfg.rate_hz} Hz")
 
 
 def _augment(
