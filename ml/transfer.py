@@ -32,8 +32,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from ml.data.features import FingerprintSet
 from ml.errors import InsufficientData, InvalidParams
@@ -53,10 +51,10 @@ from ml.models.fpmodel import (
     train_candidate,
     train_site_model,
 )
+from ml.serialize import FORMAT_VERSION, dump_arrays, load_arrays
 from ml.transfer_encoder import Base, EncoderConfig, check_base, encoder_recipe, pretrain_encoder
 from ml.transfer_msta import MstaConfig, load_teachers, msta_recipe, teacher_data, train_teacher
 
-FORMAT_VERSION = 1
 ARTIFACT_KIND = "siteloc-transfer-source"
 NET_MODELS = ("dnn", "cnnloc")
 STRATEGIES = ("scratch", "encoder", "msta")
@@ -127,18 +125,14 @@ class SourceArtifact:
         return [str(s["name"]) for s in self.config.get("sites", [])]
 
     def dumps(self) -> tuple[bytes, dict[str, Any]]:
-        """(safetensors bytes, JSON-serialisable config)."""
-        arrays = {k: np.ascontiguousarray(v) for k, v in self.arrays.items()}
-        return st_save(arrays), dict(self.config)
+        """(safetensors bytes, JSON config) in `ml.serialize`'s format."""
+        return dump_arrays(self.arrays, self.config, kind=ARTIFACT_KIND)
 
     @classmethod
     def loads(cls, blob: bytes, config: Mapping[str, Any]) -> SourceArtifact:
-        if config.get("artifact") != ARTIFACT_KIND or config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"not a transfer source artifact this build reads (artifact={config.get('artifact')!r}, "
-                f"format_version={config.get('format_version')!r}; expected {ARTIFACT_KIND!r} v{FORMAT_VERSION})"
-            )
-        return cls(str(config["strategy"]), str(config["model"]), dict(st_load(blob)), dict(config))
+        """ml.serialize.ModelFormatError for another artifact or an unknown format version."""
+        arrays = load_arrays(blob, config, kind=ARTIFACT_KIND)
+        return cls(str(config["strategy"]), str(config["model"]), arrays, dict(config))
 
 
 def make_source_artifact(

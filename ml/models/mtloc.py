@@ -38,8 +38,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 from torch import nn
 
 from ml.data.features import FingerprintSet, reindex_columns
@@ -50,12 +48,12 @@ from ml.models.fpnets import floor_key_order, powed
 from ml.params import settings_from
 from ml.seed import seed_torch
 from ml.sensors import window_matrix, window_speed
+from ml.serialize import FORMAT_VERSION, dump_arrays, load_arrays
 from ml.train import Callback, EarlyStopping, EveryEpoch, ProgressCallback, run_epochs, shuffled_indices
 
 STRATEGIES = ("scratch", "frozen", "finetune")
 PRETRAIN_TARGETS = ("position", "speed")
 ARTIFACT_KIND = "siteloc-mtloc-imu"
-FORMAT_VERSION = 1
 _RAYLEIGH_MEAN = math.sqrt(math.pi / 2)  # E|e| of a 2-D isotropic Gaussian error with scale sigma
 
 
@@ -204,16 +202,13 @@ class ImuArtifact:
     config: dict[str, Any]
 
     def dumps(self) -> tuple[bytes, dict[str, Any]]:
-        return st_save({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}), dict(self.config)
+        """(safetensors bytes, JSON config) in `ml.serialize`'s format."""
+        return dump_arrays(self.arrays, self.config, kind=ARTIFACT_KIND)
 
     @classmethod
     def loads(cls, blob: bytes, config: Mapping[str, Any]) -> ImuArtifact:
-        if config.get("artifact") != ARTIFACT_KIND or config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"not an MTLoc IMU artifact this build reads (artifact={config.get('artifact')!r}, "
-                f"format_version={config.get('format_version')!r})"
-            )
-        return cls(dict(st_load(blob)), dict(config))
+        """ml.serialize.ModelFormatError for another artifact or an unknown format version."""
+        return cls(load_arrays(blob, config, kind=ARTIFACT_KIND), dict(config))
 
 
 class _ImuRegressor(nn.Module):
