@@ -456,27 +456,23 @@ class MTLoc(LocModel):
             pred, floor_logits, log_sigma = self.net(wifi, imu, mag, present)
             return _loss(pred, floor_logits, log_sigma, t["xy"][b], t["floor"][b], cfg, len(self.floors)), {}
 
-        callbacks: list[Callback] = []
-        best: EarlyStopping | None = None
+        best = None  # validation paths: keep the best epoch's weights, stop after `patience` epochs without better
         if len(val_idx):
-            es = best = EarlyStopping(
+            best = EarlyStopping(
                 self.net,
                 lambda: float(self._errors(data, val_idx, fs.xy).mean()),
                 patience=cfg.patience or None,
                 baseline=math.inf,  # an epoch must have a finite error to replace the initial weights
             )
-            callbacks.append(es)
 
-            def describe(epoch: int, logs: dict[str, float]) -> str:
-                if es.stopped:
-                    return f"epoch {epoch}: stopping, best epoch {es.best_epoch}"
-                return f"epoch {epoch}: validation mean error {es.scores[-1]:.2f} m"
-
-        else:
-
-            def describe(epoch: int, logs: dict[str, float]) -> str:
+        def describe(epoch: int, logs: dict[str, float]) -> str:
+            if best is None:
                 return f"epoch {epoch}"
+            if best.stopped:
+                return f"epoch {epoch}: stopping, best epoch {best.best_epoch}"
+            return f"epoch {epoch}: validation mean error {best.scores[-1]:.2f} m"
 
+        callbacks: list[Callback] = [] if best is None else [best]
         callbacks.append(ProgressCallback(progress, cfg.epochs, describe=describe))
         batches = partial(shuffled_indices, n, cfg.batch_size, gen, dev)
         run_epochs([self.net], step, batches, opt, cfg.epochs, callbacks, clip_grad_norm=5.0)
