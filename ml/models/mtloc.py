@@ -280,7 +280,7 @@ def pretrain_imu(
         losses.append(squares / n)
         squares = 0.0
 
-    callbacks = [
+    callbacks: list[Callback] = [
         EveryEpoch(end_epoch),
         ProgressCallback(
             progress,
