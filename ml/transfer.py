@@ -32,10 +32,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 
 from ml.data.features import FingerprintSet
+from ml.errors import InsufficientData, InvalidParams
 from ml.models import get_model_class
 from ml.models.base import LocModel, ProgressFn, QueryBatch, no_progress
 from ml.models.fpmodel import (
@@ -52,10 +51,10 @@ from ml.models.fpmodel import (
     train_candidate,
     train_site_model,
 )
+from ml.serialize import FORMAT_VERSION, dump_arrays, load_arrays
 from ml.transfer_encoder import Base, EncoderConfig, check_base, encoder_recipe, pretrain_encoder
 from ml.transfer_msta import MstaConfig, load_teachers, msta_recipe, teacher_data, train_teacher
 
-FORMAT_VERSION = 1
 ARTIFACT_KIND = "siteloc-transfer-source"
 NET_MODELS = ("dnn", "cnnloc")
 STRATEGIES = ("scratch", "encoder", "msta")
@@ -88,14 +87,14 @@ def split_params(params: Mapping[str, Any] | None) -> AllParams:
         owner = next((cls for cls in groups if key in {f.name for f in fields(cls)}), None)
         if owner is None:
             known = sorted(f.name for cls in groups for f in fields(cls))
-            raise ValueError(f"unknown transfer param {key!r}; known: {known}")
+            raise InvalidParams(f"unknown transfer param {key!r}; known: {known}")
         groups[owner][key] = tuple(value) if isinstance(value, list) else value
     net = FPNetParams.parse(groups[FPNetParams])
     msta = replace(MstaConfig(), **groups[MstaConfig])
     if len(msta.lambdas) != 4 or min(msta.lambdas) < 0 or sum(msta.lambdas) <= 0:
-        raise ValueError("lambdas must be 4 non-negative weights (J_MAE, J_Sim, J_MI, J_FI), not all 0")
+        raise InvalidParams("lambdas must be 4 non-negative weights (J_MAE, J_Sim, J_MI, J_FI), not all 0")
     if msta.teacher_reduce not in ("sum", "mean"):
-        raise ValueError("teacher_reduce must be 'sum' or 'mean'")
+        raise InvalidParams("teacher_reduce must be 'sum' or 'mean'")
     enc = replace(EncoderConfig(), **groups[EncoderConfig])
     return AllParams(net, enc, msta, replace(TransferConfig(), **groups[TransferConfig]))
 
@@ -126,18 +125,14 @@ class SourceArtifact:
         return [str(s["name"]) for s in self.config.get("sites", [])]
 
     def dumps(self) -> tuple[bytes, dict[str, Any]]:
-        """(safetensors bytes, JSON-serialisable config)."""
-        arrays = {k: np.ascontiguousarray(v) for k, v in self.arrays.items()}
-        return st_save(arrays), dict(self.config)
+        """(safetensors bytes, JSON config) in `ml.serialize`'s format."""
+        return dump_arrays(self.arrays, self.config, kind=ARTIFACT_KIND)
 
     @classmethod
     def loads(cls, blob: bytes, config: Mapping[str, Any]) -> SourceArtifact:
-        if config.get("artifact") != ARTIFACT_KIND or config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"not a transfer source artifact this build reads (artifact={config.get('artifact')!r}, "
-                f"format_version={config.get('format_version')!r}; expected {ARTIFACT_KIND!r} v{FORMAT_VERSION})"
-            )
-        return cls(str(config["strategy"]), str(config["model"]), dict(st_load(blob)), dict(config))
+        """ml.serialize.ModelFormatError for another artifact or an unknown format version."""
+        arrays = load_arrays(blob, config, kind=ARTIFACT_KIND)
+        return cls(str(config["strategy"]), str(config["model"]), arrays, dict(config))
 
 
 def make_source_artifact(
@@ -159,9 +154,9 @@ def make_source_artifact(
     here from scratch; then one surrogate teacher per site is trained (Expert Training)."""
     _check_model(model_name)
     if strategy not in ("encoder", "msta"):
-        raise ValueError(f"source artifacts exist for strategies 'encoder' and 'msta', not {strategy!r}")
+        raise InvalidParams(f"source artifacts exist for strategies 'encoder' and 'msta', not {strategy!r}")
     if not sites:
-        raise ValueError("make_source_artifact needs at least one source site")
+        raise InsufficientData("make_source_artifact needs at least one source site")
     ap = split_params(params)
     if strategy == "encoder":
         arrays, cfg = pretrain_encoder(model_name, sites, ap.net, ap.encoder.pretrain_epochs, seed, progress, device)
@@ -239,7 +234,7 @@ def fit_transfer(
     pipeline's), the kept candidate is not refitted here but can be with `model.refit`."""
     cls = net_class(model_name)
     if strategy not in STRATEGIES:
-        raise ValueError(f"strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        raise InvalidParams(f"strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     ap = split_params(params)
     prep = prepare(model_name, target, ap.net, seed, device, holdout)
     names = ["scratch"] if strategy == "scratch" else ["scratch", strategy]
@@ -278,10 +273,10 @@ def make_recipe(
     arts = [a for a in sources if a.strategy == strategy]
     if not arts:
         have = sorted({a.strategy for a in sources}) or ["none"]
-        raise ValueError(f"strategy {strategy!r} needs {strategy} source artifacts; got: {', '.join(have)}")
+        raise InsufficientData(f"strategy {strategy!r} needs {strategy} source artifacts; got: {', '.join(have)}")
     wrong = [a.model for a in arts if a.model != prep.kind]
     if wrong:
-        raise ValueError(f"source artifacts of model {wrong[0]!r} cannot train a {prep.kind!r}")
+        raise InvalidParams(f"source artifacts of model {wrong[0]!r} cannot train a {prep.kind!r}")
     sites = [s for a in arts for s in a.sites]
     if strategy == "encoder":
         for a in arts:
@@ -342,7 +337,7 @@ def _brief(model: FingerprintNet) -> dict[str, Any]:
 
 def _check_model(model_name: str) -> None:
     if model_name not in NET_MODELS:
-        raise ValueError(f"transfer supports models {', '.join(NET_MODELS)}, not {model_name!r}")
+        raise InvalidParams(f"transfer supports models {', '.join(NET_MODELS)}, not {model_name!r}")
 
 
 def net_class(model_name: str) -> type[FingerprintNet]:

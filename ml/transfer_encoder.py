@@ -27,24 +27,22 @@ import torch
 from torch import nn
 
 from ml.data.features import FingerprintSet
+from ml.errors import InvalidParams
 from ml.models.base import ProgressFn, no_progress
 from ml.models.fpmodel import CallbackSlot, FPNetParams, Prepared, Recipe, prepare
 from ml.models.fpnets import NetShape, SpecialisedNet, build_net, load_arrays, make_extractor, state_arrays
 from ml.models.fptrain import (
-    Callback,
-    History,
     HoldoutMonitor,
-    ProgressCallback,
     TrainData,
     adam,
     plain_step,
     pretrain_sae,
-    run_epochs,
-    seeded,
     shuffled_batches,
     task_loss,
     trainable,
 )
+from ml.seed import seeded
+from ml.train import Callback, History, ProgressCallback, run_epochs
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class MultiSiteNet(nn.Module):
     def __init__(self, shapes: Sequence[NetShape]) -> None:
         super().__init__()
         if len({str(s.base_signature()) for s in shapes}) != 1:
-            raise ValueError("all sites of a multi-site network need the same network kind and base shape")
+            raise InvalidParams("all sites of a multi-site network need the same network kind and base shape")
         self.extractor = make_extractor(shapes[0])
         self.sites = nn.ModuleList()
         for s in shapes:
@@ -106,8 +104,7 @@ def pretrain_encoder(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Joint pretraining on the source sites; (arrays, config) of the encoder source artifact."""
     preps = [prepare(kind, fs, p, seed, device) for fs in sites.values()]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         multi = MultiSiteNet([pr.shape for pr in preps])
     multi = multi.to(torch.device(device))
     with seeded(seed, torch.device(device)):
@@ -200,7 +197,7 @@ def init_encoder_from(net: SpecialisedNet, aps: list[str], base: Base, site: int
     pre = f"site{site}.framer."
     w1 = torch.as_tensor(base.arrays[pre + "1.weight"])
     if w1.shape[0] != first.out_features or tuple(base.arrays[pre + "4.weight"].shape) != tuple(second.weight.shape):
-        raise ValueError("the artifact's encoder does not fit the target network (hidden/latent differ)")
+        raise InvalidParams("the artifact's encoder does not fit the target network (hidden/latent differ)")
     index = {a: j for j, a in enumerate(base.config["sites"][site]["aps"])}
     cols = [(t, index[a]) for t, a in enumerate(aps) if a in index]
     dst = torch.as_tensor([t for t, _ in cols], dtype=torch.int64)
@@ -272,7 +269,7 @@ def check_base(prep: Prepared, config: dict[str, Any]) -> None:
     want = prep.shape.base_signature()
     have = config.get("base", {})
     if have != want:
-        raise ValueError(
+        raise InvalidParams(
             f"encoder artifact base {have} does not fit the target network {want}; "
             "use the same kind/latent/rep/channels params as the source"
         )

@@ -37,23 +37,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ml.errors import InsufficientData, InvalidParams
 from ml.models.base import ProgressFn, QueryBatch, no_progress
 from ml.models.fpmodel import FingerprintNet, Prepared, Recipe
 from ml.models.fpnets import SpecialisedNet, build_net, load_arrays, state_arrays
-from ml.models.fptrain import (
-    Callback,
-    History,
-    ProgressCallback,
-    TaskWeights,
-    TrainData,
-    adam,
-    pretrain_sae,
-    run_epochs,
-    seeded,
-    shuffled_batches,
-    task_loss,
-    trainable,
-)
+from ml.models.fptrain import TaskWeights, TrainData, adam, pretrain_sae, shuffled_batches, task_loss, trainable
+from ml.seed import seeded
+from ml.train import Callback, History, ProgressCallback, run_epochs
 
 
 @dataclass(frozen=True)
@@ -186,8 +176,7 @@ def train_teacher(
     """Expert Training of one source site; (arrays, config) of its teacher (G_i and R_i)."""
     s = model.shape
     dev = model.device
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         gen_net = Generator(cfg.noise_dim, cfg.gen_hidden, s.latent, s.rep)
         critic = Critic(s.latent, s.rep, cfg.gen_hidden)
     gen_net, critic = gen_net.to(dev), critic.to(dev)
@@ -297,12 +286,12 @@ def load_teachers(arrays: Mapping[str, np.ndarray], config: Mapping[str, Any], d
 
 def msta_recipe(prep: Prepared, teachers: Sequence[Teacher], cfg: MstaConfig) -> Recipe:
     if not teachers:
-        raise ValueError("msta needs at least one surrogate teacher (source artifact)")
+        raise InsufficientData("msta needs at least one surrogate teacher (source artifact)")
     for t in teachers:
         first = t.gen.extractor[0]
         assert isinstance(first, nn.Linear)
         if (first.in_features, first.out_features) != (prep.shape.latent, prep.shape.rep):
-            raise ValueError(
+            raise InvalidParams(
                 f"teacher {t.name!r} models latent/rep {first.in_features}/{first.out_features}; "
                 f"the target network has {prep.shape.latent}/{prep.shape.rep}"
             )
@@ -313,8 +302,7 @@ def msta_recipe(prep: Prepared, teachers: Sequence[Teacher], cfg: MstaConfig) ->
     ) -> SpecialisedNet:
         net = build_net(prep.shape, prep.seed, prep.device)
         hook(net)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(prep.seed + 3)
+        with seeded(prep.seed + 3):
             psi = MIEstimator(prep.shape.rep, cfg.mi_hidden)
         psi = psi.to(prep.device)
         if prep.shape.kind == "cnnloc":

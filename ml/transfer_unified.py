@@ -21,10 +21,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ml.data.features import FingerprintSet
+from ml.errors import InsufficientData
 from ml.models.base import ProgressFn, QueryBatch, no_progress
 from ml.models.fpmodel import FPNetParams, features
 from ml.models.fpnets import NetShape, SiteLabels, he_init, load_arrays, make_extractor, make_framer, state_arrays
-from ml.models.fptrain import Callback, History, ProgressCallback, adam, distance_loss, run_epochs, seeded, trainable
+from ml.models.fptrain import adam, distance_loss, trainable
+from ml.seed import seeded
+from ml.train import Callback, History, ProgressCallback, run_epochs
 
 
 class UnifiedNet(nn.Module):
@@ -71,7 +74,7 @@ class UnifiedModel:
         device: str = "cpu",
     ) -> UnifiedModel:
         if len(sites) < 2:
-            raise ValueError("the unified model needs at least two sites")
+            raise InsufficientData("the unified model needs at least two sites")
         p = FPNetParams.parse(params or {})
         dev = torch.device(device)
         aps = list(dict.fromkeys(a for fs in sites.values() for a in fs.aps))
@@ -90,8 +93,7 @@ class UnifiedModel:
                 )
             )
         shape = replace(p.shape("dnn", len(aps), labels[0]), n_floors=int(offsets[-1]), n_buildings=1)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             net = UnifiedNet(shape, len(sites), int(offsets[-1]))
             he_init(net.framer)
             he_init(net.extractor)

@@ -26,6 +26,7 @@ import torch
 
 from ml.data.features import FingerprintSet
 from ml.data.splits import HOLDOUT_BY, holdout_split
+from ml.errors import InsufficientData, InvalidParams
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.models.fpnets import NetShape, SiteLabels, SpecialisedNet, build_net, load_arrays, powed, state_arrays
 from ml.models.fptrain import (
@@ -97,13 +98,13 @@ class FPNetParams:
 
     def validate(self) -> None:
         if self.min_rss >= 0:
-            raise ValueError("min_rss must be negative (dBm)")
+            raise InvalidParams("min_rss must be negative (dBm)")
         if self.holdout_by not in HOLDOUT_BY:
-            raise ValueError(f"holdout_by must be one of {', '.join(HOLDOUT_BY)}")
+            raise InvalidParams(f"holdout_by must be one of {', '.join(HOLDOUT_BY)}")
         if not 0 < self.holdout_fraction < 1:
-            raise ValueError("holdout_fraction must be in (0, 1)")
+            raise InvalidParams("holdout_fraction must be in (0, 1)")
         if self.epochs < 1 or self.max_steps < 1 or self.batch_size < 2 or self.lr <= 0:
-            raise ValueError("need epochs >= 1, max_steps >= 1, batch_size >= 2, lr > 0")
+            raise InvalidParams("need epochs >= 1, max_steps >= 1, batch_size >= 2, lr > 0")
 
     def shape(self, kind: str, n_in: int, labels: SiteLabels) -> NetShape:
         return NetShape(
@@ -166,7 +167,7 @@ def prepare(
     """Labels, features and the fit/hold-out rows. `holdout`: the caller's hold-out rows (the finetune
     pipeline's); None: `holdout_split` of `train` with the params' fraction and grouping."""
     if len(train) == 0:
-        raise ValueError(f"{kind}: no training fingerprints")
+        raise InsufficientData(f"{kind}: no training fingerprints")
     dev = torch.device(device)
     labels = SiteLabels.from_set(train)
     xy, floor, building = labels.encode(train)

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from ml.data.features import FingerprintSet
+from ml.errors import InvalidParams
+from ml.seed import seeded
 
 KINDS = ("dnn", "cnnloc")
 
@@ -126,11 +128,11 @@ class NetShape:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"network kind {self.kind!r}; choose from {', '.join(KINDS)}")
+            raise InvalidParams(f"network kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if min(self.n_in, self.n_floors, self.n_buildings, self.hidden, self.latent, self.rep) < 1:
-            raise ValueError(f"bad network shape {self}")
+            raise InvalidParams(f"bad network shape {self}")
         if self.kind == "cnnloc" and self.latent % 4:
-            raise ValueError("cnnloc needs latent divisible by 4 (two max-pools)")
+            raise InvalidParams("cnnloc needs latent divisible by 4 (two max-pools)")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,8 +223,7 @@ class SpecialisedNet(nn.Module):
 
 def build_net(s: NetShape, seed: int, device: torch.device) -> SpecialisedNet:
     """Initialised on CPU from `seed` (same weights on CPU and CUDA), then moved."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         net = SpecialisedNet(s)
         he_init(net.framer)
         he_init(net.extractor)

@@ -1,9 +1,8 @@
-"""The one training loop of the fingerprint networks, its callbacks, losses and inference helpers.
+"""The fingerprint networks' training pieces: data, losses, the hold-out monitor, SAE pretraining, inference.
 
-`run_epochs` knows nothing about strategies: it draws batches, asks a `step_loss` function for a
-loss, steps an optimiser and tells its callbacks after every epoch. Scratch training, encoder
-transfer (stages with frozen parts), MSTA distillation (extra loss terms), multi-site pretraining
-and SAE pretraining are all this loop with different batches, losses and parameter groups.
+They train with the one loop, `ml.train.run_epochs`: scratch training, encoder transfer (stages
+with frozen parts), MSTA distillation (extra loss terms), multi-site pretraining and SAE
+pretraining are all that loop with different batches, losses and parameter groups.
 
 All randomness (shuffles, GAN noise) comes from one CPU `torch.Generator`, so a seed gives the
 same batches on CPU and CUDA; weights are initialised on CPU (see `build_net`).
@@ -11,22 +10,25 @@ same batches on CPU and CUDA; weights are initialised on CPU (see `build_net`).
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ml.models.base import ProgressFn
 from ml.models.fpnets import NetOut, SiteLabels, SpecialisedNet
+from ml.seed import seeded
+from ml.train import Callback as Callback
+from ml.train import EarlyStopping, run_epochs, shuffled_indices
+from ml.train import History as History
+from ml.train import ProgressCallback as ProgressCallback
+from ml.train import StepLoss as StepLoss
 
-StepLoss = Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+# Callback, History, ProgressCallback and seeded are re-exported: fpmodel and bench import them from here.
 
 
 # ---------------------------------------------------------------- data
@@ -62,10 +64,8 @@ def shuffled_batches(data: TrainData, batch_size: int, gen: torch.Generator) -> 
     need it, but the MI estimator's shuffled pairs do)."""
 
     def epoch() -> Iterator[TrainData]:
-        perm = torch.randperm(len(data), generator=gen).to(data.x.device)
-        for chunk in perm.split(batch_size):
-            if len(chunk) >= 2:
-                yield data.rows(chunk)
+        for chunk in shuffled_indices(len(data), batch_size, gen, data.x.device, min_rows=2):
+            yield data.rows(chunk)
 
     return epoch
 
@@ -104,53 +104,7 @@ def plain_step(net: SpecialisedNet, w: TaskWeights) -> StepLoss:
     return step
 
 
-# ---------------------------------------------------------------- the loop
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Global torch RNG (dropout masks) seeded for one training run, restored afterwards."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-class Callback(Protocol):
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
-        """Called after every epoch (1-based, counted across stages); return True to stop."""
-        ...
-
-
-def run_epochs(
-    modules: Sequence[nn.Module],
-    step_loss: StepLoss,
-    batches: Callable[[], Iterable[Any]],
-    opt: torch.optim.Optimizer,
-    epochs: int,
-    callbacks: Sequence[Callback] = (),
-    first_epoch: int = 1,
-) -> int:
-    """Train for up to `epochs` epochs; returns the last epoch run (first_epoch - 1 if none)."""
-    last = first_epoch - 1
-    for epoch in range(first_epoch, first_epoch + epochs):
-        for m in modules:
-            m.train()
-        sums: dict[str, torch.Tensor] = {}
-        n = 0
-        for batch in batches():
-            loss, logs = step_loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k, v in {"loss": loss.detach(), **logs}.items():
-                sums[k] = sums[k] + v if k in sums else v
-            n += 1
-        last = epoch
-        means = {k: float(v) / max(n, 1) for k, v in sums.items()}
-        stop = [cb.on_epoch_end(epoch, means) for cb in callbacks]  # every callback sees every epoch
-        if any(stop):
-            break
-    return last
+# ---------------------------------------------------------------- optimiser
 
 
 def adam(groups: Sequence[dict[str, Any]], lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -184,51 +138,26 @@ def score_net(net: SpecialisedNet, data: TrainData, labels: SiteLabels, penalty_
     return Score(mean_m, hit, mean_m + penalty_m * (1.0 - hit))
 
 
-class HoldoutMonitor:
-    """Scores the network on held-out rows after every epoch, keeps the best state, stops early."""
+class HoldoutMonitor(EarlyStopping):
+    """Scores the network on held-out rows after every epoch (`Score.score`), keeps the best state,
+    stops after `patience` epochs without a better score."""
 
     def __init__(
         self, net: SpecialisedNet, hold: TrainData, labels: SiteLabels, penalty_m: float, patience: int
     ) -> None:
-        self.net, self.hold, self.labels = net, hold, labels
-        self.penalty_m, self.patience = penalty_m, patience
+        super().__init__(
+            net,
+            lambda: score_net(net, hold, labels, penalty_m),
+            patience=patience,
+            min_delta=1e-9,
+            key=lambda s: s.score,
+        )
         self.best: Score | None = None
-        self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.curve: list[float] = []  # held-out score per epoch
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
-        s = score_net(self.net, self.hold, self.labels, self.penalty_m)
-        self.curve.append(s.score)
-        if self.best is None or s.score < self.best.score - 1e-9:
-            self.best, self.best_epoch = s, epoch
-            self.best_state = copy.deepcopy(self.net.state_dict())
-        return epoch - self.best_epoch >= self.patience
-
-    def restore(self) -> None:
-        if self.best_state is not None:
-            self.net.load_state_dict(self.best_state)
-
-
-class History:
-    """Per-epoch training-loss means (rounded), for reports."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
-        self.rows.append({"epoch": epoch, **{k: round(v, 5) for k, v in logs.items()}})
-        return False
-
-
-class ProgressCallback:
-    def __init__(self, progress: ProgressFn, total_epochs: int, lo: float, hi: float, what: str) -> None:
-        self.progress, self.total, self.lo, self.hi, self.what = progress, max(total_epochs, 1), lo, hi, what
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool:
-        frac = self.lo + (self.hi - self.lo) * min(epoch / self.total, 1.0)
-        self.progress(frac, f"{self.what}: epoch {epoch}/{self.total}, loss {logs.get('loss', float('nan')):.4f}")
-        return False
+    @property
+    def curve(self) -> list[float]:
+        """Held-out score per epoch."""
+        return self.scores
 
 
 # ---------------------------------------------------------------- SAE pretraining (cnnloc)
@@ -240,8 +169,7 @@ def pretrain_sae(net: SpecialisedNet, data: TrainData, epochs: int, batch_size: 
     if epochs <= 0 or len(data) < 2:
         return
     s = net.shape
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 7)
+    with seeded(seed + 7):
         decoder = nn.Sequential(nn.Linear(s.latent, s.hidden), nn.ReLU(), nn.Linear(s.hidden, s.n_in), nn.Sigmoid())
     decoder = decoder.to(data.x.device)
 
@@ -293,10 +221,8 @@ def mc_spread(net: SpecialisedNet, x: torch.Tensor, labels: SiteLabels, passes: 
     Seeded, so the same query always gets the same estimate."""
     if passes < 2 or x.shape[0] == 0:
         return np.zeros(x.shape[0])
-    devices = [x.device] if x.device.type == "cuda" else []
     outs = []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, x.device):
         net.train()
         for _ in range(passes):
             outs.append(net(x).xy)

@@ -37,6 +37,7 @@ from ml.data.features import FingerprintSet
 from ml.data.splits import holdout_split
 from ml.evaluate import metrics
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
+from ml.models.itoloc_cotrain import ModuleSet, cotrain_update, smear
 from ml.models.itoloc_net import ItolocConfig, ItolocNet
 from ml.models.itoloc_site import (
     SiteLayout,
@@ -61,28 +62,6 @@ class Decoded:
     spread: np.ndarray  # (n,) probability-weighted spread of the top cells around xy
     floor_mass: np.ndarray  # (n,) probability of the chosen building+floor
     top_mass: np.ndarray  # (n,) probability of the top cells (of the whole vector)
-
-
-@dataclass
-class ModuleSet:
-    """Labelled rows for fine-tuning one module: RSS over the model's `aps`, soft cell labels."""
-
-    rss: np.ndarray  # (n, m) float32 dBm, NaN = not heard
-    target: np.ndarray  # (n, C) float32 rows summing to 1 (one-hot, smeared or pseudo-labels)
-    xy: np.ndarray | None = None  # (n, 2) true positions for Ls; default: target-weighted cell centre
-
-
-def smear(
-    target: np.ndarray, std: float | np.ndarray, rng: np.random.Generator, allowed: np.ndarray | None = None
-) -> np.ndarray:
-    """Output smearing (Eq. 12-13): y' = y + ReLU(z * std), z ~ N(0, 1), renormalised (std: a scalar or (n, 1)).
-
-    `allowed` ((n, C) bool, e.g. `ITOLOC.zone_cells(target)`) keeps the noise on cells the row may
-    be located in; note that `target > 0` would keep a one-hot target unchanged."""
-    noisy = target + np.maximum(rng.standard_normal(target.shape), 0.0) * std
-    if allowed is not None:
-        noisy = np.where(allowed, noisy, 0.0)
-    return np.asarray(noisy / noisy.sum(1, keepdims=True), dtype=np.float32)
 
 
 class ITOLOC(LocModel):
@@ -376,11 +355,9 @@ class ITOLOC(LocModel):
         progress: ProgressFn = no_progress,
         device: str = "cpu",
     ) -> tuple[ITOLOC, dict[str, Any]]:
-        """Section IV co-training on a copy (see `ml.cotrain.cotrain_update`); `self` is unchanged.
+        """Section IV co-training on a copy (see `ml.models.itoloc_cotrain.cotrain_update`); `self` is unchanged.
         The error_m calibration is kept from the parent: it was fitted on the survey hold-out, which the
         update must not see (the service judges the update on it)."""
-        from ml.cotrain import cotrain_update
-
         copy = ITOLOC.from_state(self.arrays(), self.config(), device)
         summary = cotrain_update(copy, labeled, unlabeled, params, seed=seed, progress=progress)
         copy.net.eval()

@@ -20,17 +20,18 @@ Pure torch, no I/O. The pieces:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ml.errors import InvalidParams
 from ml.params import settings_from
 
 
-@dataclass
+@dataclass(frozen=True)
 class ItolocConfig:
     # --- fingerprint image ---
     n_aps: int = 64  # N: APs per zone (image N x N); top-N by how often they are heard in the zone's training scans
@@ -87,11 +88,11 @@ class ItolocConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ItolocConfig:
         cfg = settings_from(cls, params, "itoloc")
-        cfg.lr_drops = tuple(float(v) for v in cfg.lr_drops)
+        cfg = replace(cfg, lr_drops=tuple(float(v) for v in cfg.lr_drops))  # JSON gives a list
         if cfg.zones not in ("building", "site"):
-            raise ValueError("itoloc zones must be 'building' or 'site'")
+            raise InvalidParams("itoloc zones must be 'building' or 'site'")
         if cfg.n_aps < 4 or cfg.f0 <= 0 or cfg.rss_span_db <= 0:
-            raise ValueError("itoloc needs n_aps >= 4, f0 > 0, rss_span_db > 0")
+            raise InvalidParams("itoloc needs n_aps >= 4, f0 > 0, rss_span_db > 0")
         return cfg
 
 

@@ -1,21 +1,23 @@
-"""iToLoc training: batch losses, the adversarial training loop, per-module fine-tuning.
+"""iToLoc training: batch losses, adversarial training and per-module fine-tuning as step functions.
 
-Plain functions over torch tensors; all randomness (shuffling, augmentation) comes from
-one CPU `torch.Generator`, so a seed gives the same run on CPU and the same batches on CUDA.
+Plain functions over torch tensors, run by the one loop (`ml.train.run_epochs`); all randomness
+(shuffling, augmentation) comes from one CPU `torch.Generator`, so a seed gives the same run on CPU
+and the same batches on CUDA.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from ml.models.base import ProgressFn, no_progress
 from ml.models.itoloc_net import ItolocConfig, ItolocNet, masked_log_softmax, rss_to_f, set_mc_dropout
+from ml.train import Callback, EarlyStopping, EveryEpoch, LRSchedule, ProgressCallback, run_epochs, shuffled_indices
 
 
 @dataclass
@@ -134,10 +136,17 @@ def dann_lambda(cfg: ItolocConfig, p: float) -> float:
     return cfg.lam * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
 
 
-def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    perm = torch.randperm(n, generator=gen)
-    # BatchNorm needs 2+ rows: a last batch of one row is dropped.
-    return [perm[i : i + size] for i in range(0, n, size) if min(size, n - i) > 1]
+def _epoch_batches(data: Batch, cfg: ItolocConfig, gen: torch.Generator) -> Callable[[], Iterator[Batch]]:
+    """One epoch of shuffled, augmented batches (BatchNorm needs 2+ rows: a last batch of one row is dropped).
+    The permutation is drawn from `gen` first, then each batch's augmentation."""
+
+    def epoch() -> Iterator[Batch]:
+        for idx in shuffled_indices(len(data), cfg.batch_size, gen, data.rss.device, min_rows=2):
+            b = data.rows(idx)
+            b.rss = augment(b.rss, cfg, gen)
+            yield b
+
+    return epoch
 
 
 def train_net(
@@ -155,37 +164,33 @@ def train_net(
     the weights of the best epoch are restored at the end. Returns per-epoch history."""
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
     steps = max(1, epochs * math.ceil(len(data) / cfg.batch_size))
-    step = 0
-    for epoch in range(epochs):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, cfg.lr, epoch, epochs)
-        net.train()
-        sums = {"loss": 0.0, "la": 0.0, "ls": 0.0, "ld": 0.0}
-        batches = _batches(len(data), cfg.batch_size, gen)
-        for idx in batches:
-            b = data.rows(idx.to(data.rss.device))
-            b.rss = augment(b.rss, cfg, gen)
-            loss, parts = batch_loss(net, b, cells, cfg, dann_lambda(cfg, step / steps))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            sums["loss"] += loss.item()
-            for key, value in parts.items():
-                sums[key] += value
-        row = {"epoch": float(epoch + 1), **{k: v / max(len(batches), 1) for k, v in sums.items()}}
-        if evaluate is not None:
-            row["holdout_mean_m"] = evaluate(net)
-            if best is None or row["holdout_mean_m"] < best[0]:
-                best = (row["holdout_mean_m"], copy.deepcopy(net.state_dict()))
-        history.append(row)
-        progress((epoch + 1) / epochs, _describe(row))
+    done = 0  # optimiser steps so far: lambda follows the DANN ramp over the whole run
+
+    def step(b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        nonlocal done
+        loss, parts = batch_loss(net, b, cells, cfg, dann_lambda(cfg, done / steps))
+        done += 1
+        return loss, {"loss": loss.item(), **parts}  # Python floats: the epoch means are summed in double
+
+    history: list[dict[str, float]] = []
+    callbacks: list[Callback] = []
+    best = None
+    if evaluate is not None:
+        best = EarlyStopping(net, lambda: evaluate(net), name="holdout_mean_m")
+        callbacks.append(best)
+    callbacks += [
+        EveryEpoch(lambda epoch, logs: history.append({"epoch": float(epoch), **_NO_LOSS, **logs})),
+        ProgressCallback(progress, epochs, describe=lambda epoch, logs: _describe(history[-1])),
+        LRSchedule(opt, lambda epoch: lr_at(cfg, cfg.lr, epoch - 1, epochs)),
+    ]
+    run_epochs([net], step, _epoch_batches(data, cfg, gen), opt, epochs, callbacks)
     if best is not None and cfg.early_stop:
-        net.load_state_dict(best[1])
+        best.restore()
     return history
+
+
+_NO_LOSS = {"loss": 0.0, "la": 0.0, "ls": 0.0, "ld": 0.0}  # the history of an epoch without a batch
 
 
 def _describe(row: dict[str, float]) -> str:
@@ -212,33 +217,20 @@ def finetune_module(
 
     ME is frozen (and its batch-norm statistics kept) unless `freeze_extractor` is False;
     the other modules and MD are never touched."""
-    params = list(net.modules_loc[k].parameters())
-    if not freeze_extractor:
-        params += list(net.me.parameters())
+    trained: list[nn.Module] = [net.modules_loc[k]] if freeze_extractor else [net.modules_loc[k], net.me]
+    params = [p for m in trained for p in m.parameters()]
     opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    no_adv = _without_adversary(cfg)
-    for epoch in range(epochs):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, lr, epoch, epochs)
-        set_mc_dropout(net, False)
-        net.modules_loc[k].train()
-        if not freeze_extractor:
-            net.me.train()
-        for idx in _batches(len(data), cfg.batch_size, gen):
-            b = data.rows(idx.to(data.rss.device))
-            b.rss = augment(b.rss, cfg, gen)
-            loss, _ = batch_loss(net, b, cells, no_adv, 0.0, modules=(k,))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    no_adv = replace(cfg, adversarial=False)
+
+    def step(b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, _ = batch_loss(net, b, cells, no_adv, 0.0, modules=(k,))
+        return loss, {}
+
+    set_mc_dropout(net, False)  # everything else in eval mode; the loop puts `trained` in train mode
+    schedule = LRSchedule(opt, lambda epoch: lr_at(cfg, lr, epoch - 1, epochs))
+    run_epochs(trained, step, _epoch_batches(data, cfg, gen), opt, epochs, [schedule])
     net.eval()
-
-
-def _without_adversary(cfg: ItolocConfig) -> ItolocConfig:
-    out = copy.copy(cfg)
-    out.adversarial = False
-    return out
 
 
 @torch.no_grad()

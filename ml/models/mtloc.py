@@ -30,29 +30,30 @@ thing in every building.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 from torch import nn
 
 from ml.data.features import FingerprintSet, reindex_columns
 from ml.data.splits import holdout_split
+from ml.errors import InsufficientData, InvalidParams
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.models.fpnets import floor_key_order, powed
 from ml.params import settings_from
+from ml.seed import seed_torch
 from ml.sensors import window_matrix, window_speed
+from ml.serialize import FORMAT_VERSION, dump_arrays, load_arrays
+from ml.train import Callback, EarlyStopping, EveryEpoch, ProgressCallback, run_epochs, shuffled_indices
 
 STRATEGIES = ("scratch", "frozen", "finetune")
 PRETRAIN_TARGETS = ("position", "speed")
 ARTIFACT_KIND = "siteloc-mtloc-imu"
-FORMAT_VERSION = 1
 _RAYLEIGH_MEAN = math.sqrt(math.pi / 2)  # E|e| of a 2-D isotropic Gaussian error with scale sigma
 
 
@@ -92,20 +93,22 @@ class MTLocConfig:
         ints = ("n_aps", "wifi_hidden", "imu_hidden", "mag_hidden", "fusion_hidden", "steps", "batch_size")
         for name in (*ints, "pretrain_batch_size"):
             if int(getattr(cfg, name)) < 1:
-                raise ValueError(f"mtloc param {name} must be >= 1")
+                raise InvalidParams(f"mtloc param {name} must be >= 1")
         if cfg.steps < 2:
-            raise ValueError("mtloc param steps must be >= 2")
+            raise InvalidParams("mtloc param steps must be >= 2")
         if cfg.epochs < 1 or cfg.pretrain_epochs < 1:
-            raise ValueError("mtloc params epochs and pretrain_epochs must be >= 1")
+            raise InvalidParams("mtloc params epochs and pretrain_epochs must be >= 1")
         for name in ("modality_dropout", "partial_rate", "ap_dropout"):
             if not 0 <= getattr(cfg, name) < 1:
-                raise ValueError(f"mtloc param {name} must be in [0, 1)")
+                raise InvalidParams(f"mtloc param {name} must be in [0, 1)")
+        if cfg.patience < 0:
+            raise InvalidParams("mtloc param patience must be >= 0 (0 = never stop early)")
         if not 0 <= cfg.val_fraction < 0.5:
-            raise ValueError("mtloc param val_fraction must be in [0, 0.5)")
+            raise InvalidParams("mtloc param val_fraction must be in [0, 0.5)")
         if cfg.rate_hz <= 0 or cfg.lr <= 0 or cfg.pretrain_lr <= 0 or cfg.min_rss >= 0:
-            raise ValueError("mtloc params rate_hz, lr, pretrain_lr must be > 0 and min_rss < 0")
+            raise InvalidParams("mtloc params rate_hz, lr, pretrain_lr must be > 0 and min_rss < 0")
         if cfg.pretrain_target not in PRETRAIN_TARGETS:
-            raise ValueError(f"mtloc param pretrain_target must be one of {PRETRAIN_TARGETS}")
+            raise InvalidParams(f"mtloc param pretrain_target must be one of {PRETRAIN_TARGETS}")
         return cfg
 
 
@@ -199,16 +202,13 @@ class ImuArtifact:
     config: dict[str, Any]
 
     def dumps(self) -> tuple[bytes, dict[str, Any]]:
-        return st_save({k: np.ascontiguousarray(v) for k, v in self.arrays.items()}), dict(self.config)
+        """(safetensors bytes, JSON config) in `ml.serialize`'s format."""
+        return dump_arrays(self.arrays, self.config, kind=ARTIFACT_KIND)
 
     @classmethod
     def loads(cls, blob: bytes, config: Mapping[str, Any]) -> ImuArtifact:
-        if config.get("artifact") != ARTIFACT_KIND or config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"not an MTLoc IMU artifact this build reads (artifact={config.get('artifact')!r}, "
-                f"format_version={config.get('format_version')!r})"
-            )
-        return cls(dict(st_load(blob)), dict(config))
+        """ml.serialize.ModelFormatError for another artifact or an unknown format version."""
+        return cls(load_arrays(blob, config, kind=ARTIFACT_KIND), dict(config))
 
 
 class _ImuRegressor(nn.Module):
@@ -252,32 +252,44 @@ def pretrain_imu(
         y_l.append(y[ok])
     n = sum(len(f) for f in feats_l)
     if n < 2:
-        raise ValueError("IMU pretraining needs sensor windows (with accelerometer or gyroscope) on the source sites")
+        raise InsufficientData(
+            "IMU pretraining needs sensor windows (with accelerometer or gyroscope) on the source sites"
+        )
     feats, cov, y = np.concatenate(feats_l), np.concatenate(cov_l), np.concatenate(y_l).astype(np.float32)
     norm = Norm.fit(feats, cov)
     x = norm.apply(feats, cov)[:, :, :2]
     y_mean, y_std = y.mean(axis=0), np.maximum(y.std(axis=0), 1e-6)
     y = (y - y_mean) / y_std
     dev = torch.device(device)
-    torch.manual_seed(seed)
+    seed_torch(seed)
     net = _ImuRegressor(cfg.imu_hidden, y.shape[1]).to(dev)
     opt = torch.optim.RMSprop(net.parameters(), lr=cfg.pretrain_lr)
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
     gen = torch.Generator().manual_seed(seed)
-    losses = []
-    for epoch in range(cfg.pretrain_epochs):
-        order = torch.randperm(n, generator=gen).to(dev)
-        total = 0.0
-        for i in range(0, n, cfg.pretrain_batch_size):
-            b = order[i : i + cfg.pretrain_batch_size]
-            loss = nn.functional.mse_loss(net(xt[b]), yt[b])
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opt.step()
-            total += loss.item() * len(b)
-        losses.append(total / n)
-        progress((epoch + 1) / cfg.pretrain_epochs, f"IMU-LSTM pretraining epoch {epoch + 1}: mse {losses[-1]:.3f}")
+    losses: list[float] = []  # per-window mean squared error of each epoch
+    squares = 0.0
+
+    def step(b: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        nonlocal squares
+        loss = nn.functional.mse_loss(net(xt[b]), yt[b])
+        squares += loss.item() * len(b)
+        return loss, {}
+
+    def end_epoch(epoch: int, logs: dict[str, float]) -> None:
+        nonlocal squares
+        losses.append(squares / n)
+        squares = 0.0
+
+    callbacks: list[Callback] = [
+        EveryEpoch(end_epoch),
+        ProgressCallback(
+            progress,
+            cfg.pretrain_epochs,
+            describe=lambda epoch, logs: f"IMU-LSTM pretraining epoch {epoch}: mse {losses[-1]:.3f}",
+        ),
+    ]
+    batches = partial(shuffled_indices, n, cfg.pretrain_batch_size, gen, dev)
+    run_epochs([net], step, batches, opt, cfg.pretrain_epochs, callbacks, clip_grad_norm=5.0)
     arrays = {f"imu.{k}": v.detach().cpu().numpy() for k, v in net.imu.state_dict().items()}
     config = {
         "artifact": ARTIFACT_KIND,
@@ -374,11 +386,11 @@ class MTLoc(LocModel):
         is served as scored: no refit."""
         cfg = MTLocConfig.parse(params)
         if strategy not in STRATEGIES:
-            raise ValueError(f"mtloc strategy must be one of {STRATEGIES}, not {strategy!r}")
+            raise InvalidParams(f"mtloc strategy must be one of {STRATEGIES}, not {strategy!r}")
         if (strategy == "scratch") != (imu_source is None):
-            raise ValueError("strategies 'frozen' and 'finetune' need a pretrained IMU-LSTM; 'scratch' takes none")
+            raise InvalidParams("strategies 'frozen' and 'finetune' need a pretrained IMU-LSTM; 'scratch' takes none")
         if len(train) < 2:
-            raise ValueError("mtloc needs at least 2 training windows")
+            raise InsufficientData("mtloc needs at least 2 training windows")
         counts = (~np.isnan(train.rss)).sum(axis=0)
         aps = [b for b, c in zip(train.aps, counts, strict=True) if c > 0]  # the kNN reads them all
         keep = np.argsort(-counts, kind="stable")[: min(cfg.n_aps, len(train.aps))]
@@ -396,7 +408,7 @@ class MTLoc(LocModel):
         else:
             norm = Norm.fit(feats, cov)
         dev = torch.device(device)
-        torch.manual_seed(seed)
+        seed_torch(seed)
         net = MTLocNet(len(net_aps), len(floors), cfg).to(dev)
         if imu_source is not None:
             net.imu.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in imu_source.arrays.items()})
@@ -445,42 +457,42 @@ class MTLoc(LocModel):
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(seed)
         n = len(fit_idx)
-        best = (math.inf, -1, copy.deepcopy(self.net.state_dict()))
-        history = []
-        for epoch in range(cfg.epochs):
-            self.net.train()
-            order = torch.randperm(n, generator=gen).to(dev)
-            for i in range(0, n, cfg.batch_size):
-                b = order[i : i + cfg.batch_size]
-                imu, mag, present = _augment(t["imu"][b], t["mag"][b], t["present"][b], cfg, gen)
-                wifi = t["wifi"][b]
-                if cfg.ap_dropout > 0:
-                    wifi = wifi * (torch.rand(wifi.shape, generator=gen).to(dev) >= cfg.ap_dropout)
-                pred, floor_logits, log_sigma = self.net(wifi, imu, mag, present)
-                loss = _loss(pred, floor_logits, log_sigma, t["xy"][b], t["floor"][b], cfg, len(self.floors))
-                opt.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(params, 5.0)
-                opt.step()
-            if len(val_idx):
-                err = self._errors(data, val_idx, fs.xy)
-                score = float(err.mean())
-                history.append(round(score, 3))
-                if score < best[0]:
-                    best = (score, epoch, copy.deepcopy(self.net.state_dict()))
-                elif cfg.patience and epoch - best[1] >= cfg.patience:
-                    progress((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}: stopping, best epoch {best[1] + 1}")
-                    break
-                progress((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}: validation mean error {score:.2f} m")
-            else:
-                progress((epoch + 1) / cfg.epochs, f"epoch {epoch + 1}")
+
+        def step(b: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+            imu, mag, present = _augment(t["imu"][b], t["mag"][b], t["present"][b], cfg, gen)
+            wifi = t["wifi"][b]
+            if cfg.ap_dropout > 0:
+                wifi = wifi * (torch.rand(wifi.shape, generator=gen).to(dev) >= cfg.ap_dropout)
+            pred, floor_logits, log_sigma = self.net(wifi, imu, mag, present)
+            return _loss(pred, floor_logits, log_sigma, t["xy"][b], t["floor"][b], cfg, len(self.floors)), {}
+
+        best = None  # validation paths: keep the best epoch's weights, stop after `patience` epochs without better
         if len(val_idx):
-            self.net.load_state_dict(best[2])
+            best = EarlyStopping(
+                self.net,
+                lambda: float(self._errors(data, val_idx, fs.xy).mean()),
+                patience=cfg.patience or None,
+                baseline=math.inf,  # an epoch must have a finite error to replace the initial weights
+            )
+
+        def describe(epoch: int, logs: dict[str, float]) -> str:
+            if best is None:
+                return f"epoch {epoch}"
+            if best.stopped:
+                return f"epoch {epoch}: stopping, best epoch {best.best_epoch}"
+            return f"epoch {epoch}: validation mean error {best.scores[-1]:.2f} m"
+
+        callbacks: list[Callback] = [] if best is None else [best]
+        callbacks.append(ProgressCallback(progress, cfg.epochs, describe=describe))
+        batches = partial(shuffled_indices, n, cfg.batch_size, gen, dev)
+        run_epochs([self.net], step, batches, opt, cfg.epochs, callbacks, clip_grad_norm=5.0)
+        if best is not None:
+            best.restore()
         self.info.update(
             {
-                "best_epoch": best[1] + 1 if len(val_idx) else cfg.epochs,
+                "best_epoch": best.best_epoch if best is not None else cfg.epochs,
                 "n_val_windows": len(val_idx),
-                "val_history_m": history,
+                "val_history_m": [round(v, 3) for v in best.scores] if best is not None else [],
                 "n_params": n_params(self.net),
             }
         )
@@ -660,12 +672,12 @@ def _rows_of(data: Inputs, idx: np.ndarray) -> Inputs:
 def _check_artifact(art: ImuArtifact, cfg: MTLocConfig) -> None:
     c = art.config
     if int(c.get("imu_hidden", -1)) != cfg.imu_hidden or int(c.get("steps", -1)) != cfg.steps:
-        raise ValueError(
+        raise InvalidParams(
             f"the IMU artifact has imu_hidden={c.get('imu_hidden')}, steps={c.get('steps')}; "
             f"this model has imu_hidden={cfg.imu_hidden}, steps={cfg.steps}"
         )
     if abs(float(c.get("rate_hz", -1)) - cfg.rate_hz) > 1e-9:
-        raise ValueError(f"the IMU artifact was trained at {c.get('rate_hz')} Hz, this model uses {cfg.rate_hz} Hz")
+        raise InvalidParams(f"the IMU artifact was trained at {c.get('rate_hz')} Hz, this model uses {cfg.rate_hz} Hz")
 
 
 def _augment(

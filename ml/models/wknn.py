@@ -35,6 +35,7 @@ import numpy as np
 
 from ml.data.features import FingerprintSet
 from ml.data.splits import HOLDOUT_BY, Holdout, holdout_split
+from ml.errors import InsufficientData, InvalidParams
 from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.params import settings_from
 
@@ -90,16 +91,16 @@ class WKNNParams:
         _check_choice("holdout_by", self.holdout_by, HOLDOUT_BY)
         for name in ("k", "k_building", "k_floor", "max_tune_queries"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"wknn param {name} must be >= 1")
+                raise InvalidParams(f"wknn param {name} must be >= 1")
         if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError("wknn param holdout_fraction must be in (0, 1)")
+            raise InvalidParams("wknn param holdout_fraction must be in (0, 1)")
         if self.min_rss is not None and self.min_rss >= 0:
-            raise ValueError("wknn param min_rss must be negative (dBm)")
+            raise InvalidParams("wknn param min_rss must be negative (dBm)")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"wknn param {name}={value!r}; choose from {', '.join(choices)}")
+        raise InvalidParams(f"wknn param {name}={value!r}; choose from {', '.join(choices)}")
 
 
 # ---------------------------------------------------------------- representation
@@ -690,7 +691,7 @@ class WKNN(LocModel):
     ) -> WKNN:
         survey = prepare_survey(rows, groups, p.max_age_ms)
         if len(survey.rows) == 0:
-            raise ValueError("wknn: no training fingerprint has a heard access point")
+            raise InsufficientData("wknn: no training fingerprint has a heard access point")
         model = cls(list(rows.aps), p, min_rss, survey, groups, calibration, tuning)
         progress(1.0, "done")
         return model

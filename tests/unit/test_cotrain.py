@@ -1,14 +1,15 @@
-"""Co-training update (ml.cotrain) on a tiny real iToLoc model: queries from a shifted device teach it."""
+"""Co-training update (ml.models.itoloc_cotrain) on a tiny real iToLoc model: queries from a shifted device teach it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ml.cotrain import CotrainConfig, cotrain_update
+from ml.cotrain import CotrainConfig
 from ml.evaluate import metrics
 from ml.models.base import QueryBatch
 from ml.models.itoloc import ITOLOC
+from ml.models.itoloc_cotrain import cotrain_update
 from tests.unit.test_itoloc import TINY, synthetic_site
 
 
@@ -102,7 +103,7 @@ def test_bench_cotrain_on_the_uji_fixtures_reports_before_after_and_the_guard(tm
 
 
 def test_near_cells_and_radius_zero_is_the_papers_exact_cell_test(setting: tuple) -> None:
-    from ml.cotrain import _agreed
+    from ml.models.itoloc_cotrain import _agreed
 
     model = setting[0]
     exact, wide = model.near_cells(0.0), model.near_cells(1e9)
