@@ -142,7 +142,7 @@ def site_floors(data_dir: Path) -> dict[str, list[str]]:
 
 
 def train_model(
-    model_name: str, train: FingerprintSet, params: dict[str, Any], seed: int, verbose: bool
+    model_name: str, train: FingerprintSet, params: dict[str, Any], seed: int, verbose: bool, device: str = "cpu"
 ) -> tuple[LocModel, float]:
     def progress(fraction: float, message: str) -> None:
         if verbose:
@@ -152,7 +152,13 @@ def train_model(
     fraction, by = cls.holdout_settings(params)
     t0 = time.perf_counter()
     done = finetune(
-        train, fit_model(cls, params, seed=seed), holdout_fraction=fraction, holdout_by=by, seed=seed, progress=progress
+        train,
+        fit_model(cls, params, seed=seed, device=device),
+        holdout_fraction=fraction,
+        holdout_by=by,
+        seed=seed,
+        progress=progress,
+        device=device,
     )
     return done.model, time.perf_counter() - t0
 
@@ -194,7 +200,7 @@ def run_split(split: Split, args: argparse.Namespace, ctx: RunContext) -> dict[s
     train = build_set(split.train)
     test = build_set(split.test, train.aps)
     print(f"{split.name}: {len(train)} train, {len(test)} test, {len(train.aps)} APs", file=sys.stderr, flush=True)
-    model, train_s = train_model(args.model, train, ctx.params, args.seed, args.verbose)
+    model, train_s = train_model(args.model, train, ctx.params, args.seed, args.verbose, args.device)
     pred = model.predict(QueryBatch.from_set(test))
     result = {
         **ctx.header(split.name, split.description),
@@ -233,7 +239,7 @@ def run_detect(data_dir: Path, args: argparse.Namespace, ctx: RunContext) -> dic
     vocab: dict[str, set[str]] = {}
     for name, split in zip(names, splits, strict=True):
         train = build_set(split.train)
-        models[name], _ = train_model(args.model, train, ctx.params, args.seed, args.verbose)
+        models[name], _ = train_model(args.model, train, ctx.params, args.seed, args.verbose, args.device)
         vocab[name] = set(train.aps)
     confusion: dict[str, dict[str, int]] = {}
     t0 = time.perf_counter()
@@ -300,6 +306,7 @@ class RunContext:
             "model": self.args.model,
             "params": self.params,
             "seed": self.args.seed,
+            "device": device_info(self.args.device),
             "command": self.command,
             "git_commit": git_commit(),
             "machine": machine(),
@@ -401,6 +408,24 @@ def machine() -> dict[str, Any]:
     }
 
 
+def device_info(device: str) -> dict[str, Any]:
+    """The torch device a run trained on and, for a GPU, which one (its name, the torch CUDA build and the TF32
+    switches, which change convolution and matmul precision on the GPU)."""
+    info: dict[str, Any] = {"device": device}
+    if not device.startswith("cuda"):
+        return info
+    import torch
+
+    info.update(
+        gpu=torch.cuda.get_device_name(torch.device(device)),
+        torch_cuda=torch.version.cuda,
+        cudnn=torch.backends.cudnn.version(),
+        tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        tf32_cudnn=torch.backends.cudnn.allow_tf32,
+    )
+    return info
+
+
 def cpu_info() -> dict[str, str | None]:
     """The CPU model, the instruction set torch's kernels use and the torch version (None where unknown)."""
     info: dict[str, str | None] = {"cpu_model": None, "torch_cpu_capability": None, "torch": None}
@@ -438,6 +463,7 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     common.add_argument("--data-dir", type=Path, default=None, help="default: ../shared/data from CWD or repo root")
     common.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default bench-out/)")
     common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--device", default="cpu", help="torch device the model trains and answers on (cpu, cuda)")
     common.add_argument("--tag", default="", help="suffix for output names, e.g. 'baseline'")
     common.add_argument("--test-fraction", type=float, default=0.25, help="ILC: fraction of paths held out")
     common.add_argument("--train-fraction", type=float, default=1.0, help="ILC: fraction of training paths used")

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.core import _json_default, git_commit, machine, resolve_data_dir
+from bench.core import _json_default, device_info, git_commit, machine, resolve_data_dir
 from ml.data.features import FingerprintSet, build_set
 from ml.data.ilc2020 import ilc_floors, read_ilc_fingerprints, read_ilc_windows
 from ml.data.splits import split_by_group, train_fraction_subset
@@ -162,7 +162,7 @@ def run_floor(
     log(f"  wknn: mean {err.mean():.2f} m")
     if args.itoloc:
         t0 = time.perf_counter()
-        it = ITOLOC.fit(wk_train, args.itoloc_params, seed=args.seed)
+        it = ITOLOC.fit(wk_train, args.itoloc_params, seed=args.seed, device=args.device)
         err, est = answer(it, test)
         out["itoloc"] = {
             **stats(err),
@@ -184,6 +184,7 @@ def run_floor(
             seed=args.seed,
             imu_source=None if target is None else arts[target],
             strategy=strategy,
+            device=args.device,
         )
         train_s = time.perf_counter() - t0
         err, est = answer(model, test)
@@ -245,6 +246,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--params", type=json.loads, default={}, help="JSON object of extra mtloc params")
     p.add_argument("--wipe", type=float, default=0.4, help="Table VI: share of test windows losing a modality")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device for the IMU pretraining, MTLoc and itoloc (cpu, cuda)")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
@@ -295,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n = sum(len(s) for s in sources.values())
             log(f"pretraining the IMU-LSTM ({target}) on {n} windows of {args.source}")
             t0 = time.perf_counter()
-            art = pretrain_imu(sources, {**args.params, "pretrain_target": target}, seed=args.seed)
+            art = pretrain_imu(sources, {**args.params, "pretrain_target": target}, seed=args.seed, device=args.device)
             pretrain[target] = {
                 "train_s": round(time.perf_counter() - t0, 1),
                 **{k: art.config[k] for k in ("n_windows", "target", "epochs")},
@@ -317,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": machine(),
             "params": args.params,
             "seed": args.seed,
+            "device": device_info(args.device),
             "source": args.source,
             "pretrain": pretrain,
             **run_floor(args, args.target, floor, targets[floor], arts, log),

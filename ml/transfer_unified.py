@@ -129,7 +129,7 @@ class UnifiedModel:
             site_logits, xy, floor_logits = self.net(x)
             own = floor_site[None, :] == site[:, None]
             site_ce = F.cross_entropy(site_logits, site)
-            dist = distance_loss(xy[torch.arange(len(site)), site], y)
+            dist = distance_loss(xy[torch.arange(len(site), device=site.device), site], y)
             floor_ce = F.cross_entropy(floor_logits.masked_fill(~own, -1e9), floor)
             loss = site_ce + dist + p.floor_weight * floor_ce
             return loss, {"site_ce": site_ce.detach(), "mae": dist.detach(), "floor_ce": floor_ce.detach()}
