@@ -18,6 +18,11 @@ def finetune(site: SiteDep, body: FinetuneIn, s: SessionDep, rt: RuntimeDep, pri
     """Train a model for the site from its survey, in the background. Poll the returned job.
 
     The new version is a `candidate`; the first version of a site becomes `active` at once.
+
+    One pipeline: `SITELOC_HOLDOUT_FRACTION` (or `params.holdout_fraction`) of the survey's paths per floor is held
+    out; the model trained on the rest is scored on it, and those are the version's `metrics`. `wknn`, `dnn`,
+    `cnnloc` and transfer fits are then refitted once on the whole survey with the settings chosen on the holdout
+    and served; `itoloc` and `mtloc` are served as scored. The job's `result` has `fits` and `refit_with_holdout`.
     """
     job = request_finetune(s, site=site, body=body, principal=principal)
     return JobRef(job_id=jobs_svc.commit_and_enqueue(s, job=job, enqueue=rt.dispatcher.enqueue))
