@@ -55,7 +55,7 @@ wanted() { [ "$STEPS" = all ] || [[ ",$STEPS," == *",$1,"* ]]; }
 # stamp NAME: prefix each line with NAME and seconds since the step started; into the step log and the main log
 stamp() {
     local name=$1 t0=${EPOCHREALTIME/./} line n d
-    while IFS= read -r line; do
+    while IFS= read -r line || [ -n "$line" ]; do
         n=${EPOCHREALTIME/./}
         d=$(((n - t0) / 10000))
         printf '%s %d.%02d %s\n' "$name" $((d / 100)) $((d % 100)) "$line"
