@@ -47,8 +47,9 @@ def source_artifacts(
         key = ",".join(sites)
         span = progress.span(i / len(keys), (i + 1) / len(keys))
         cached = _fresh_artifact(db, model, strategy, sites)
-        if cached is not None:
-            out.append(Artifact.loads(cached[0], cached[1]))
+        loaded = _load_cached(Artifact.loads, cached)
+        if cached is not None and loaded is not None:
+            out.append(loaded)
             notes.append({"sites": sites, "artifact_id": cached[2], "built": False})
             continue
         span(0.0, f"building the {strategy} source artifact of {key}")
@@ -77,6 +78,20 @@ def _fresh_artifact(db: Database, model: str, strategy: str, sites: list[str]) -
         )
         fresh = row is not None and (newest_survey is None or _aware(row.created_at) >= _aware(newest_survey))
         return (row.blob, row.config, row.id) if fresh and row is not None else None
+
+
+def _load_cached(loads: Any, cached: tuple[bytes, Any, int] | None) -> Any:
+    """A stored artifact, or None when there is none or it is in a format this build no longer reads (then it is
+    rebuilt, as when a source survey changed)."""
+    from ml.serialize import ModelFormatError
+
+    if cached is None:
+        return None
+    try:
+        return loads(cached[0], cached[1])
+    except ModelFormatError as exc:
+        log.warning("stored source artifact %s is unreadable (%s); rebuilding it", cached[2], exc)
+        return None
 
 
 def _store_artifact(
@@ -111,7 +126,9 @@ def mtloc_imu_artifact(
     want = pretrain_settings(MTLocConfig.parse(params), seed)
     cached = _fresh_artifact(db, "mtloc", "imu-lstm", sites)
     if cached is not None and all(cached[1].get(k) == v for k, v in want.items()):
-        return ImuArtifact.loads(cached[0], cached[1]), {"sites": sites, "artifact_id": cached[2], "built": False}
+        loaded = _load_cached(ImuArtifact.loads, cached)
+        if loaded is not None:
+            return loaded, {"sites": sites, "artifact_id": cached[2], "built": False}
     progress(0.0, f"pretraining the IMU-LSTM on {', '.join(sites)}")
     art = pretrain_imu({sid: load_set(sid) for sid in sites}, params, seed=seed, progress=progress, device=device)
     blob, config = art.dumps()

@@ -109,3 +109,12 @@ def test_settings_defaults_and_validation(tmp_path: Path) -> None:
     assert s.visibility_timeout_s > s.job_hard_time_limit_s
     with pytest.raises(ValueError):
         Settings(device="tpu")  # type: ignore[arg-type]
+
+
+def test_a_stored_source_artifact_in_an_unknown_format_is_rebuilt_not_fatal() -> None:
+    from app.services.transfer import _load_cached
+    from ml.models.mtloc import ImuArtifact
+
+    assert _load_cached(ImuArtifact.loads, None) is None
+    unknown = {"artifact": "imu-lstm", "format_version": 999}
+    assert _load_cached(ImuArtifact.loads, (b"", unknown, 7)) is None
