@@ -16,8 +16,8 @@ from app.security import Principal
 from app.services.codec import pack_sensors, sensors_from_api
 from app.services.ids import time_ordered_id
 from app.services.querylog import QueryWriter
-from app.services.storable import check_query_rows
 from app.services.registry import LoadedModel, ModelCache
+from app.services.storable import check_query_rows
 from ml.detect import detect_site
 from ml.models.base import QueryBatch
 from ml.types import SensorData
