@@ -100,6 +100,9 @@ def _document_errors(schema: dict[str, Any]) -> None:
         for op in item.values():
             responses = op.setdefault("responses", {})
             if path in _UNAUTHENTICATED:
+                if path == "/metrics":
+                    text = {"text/plain": {"schema": {"type": "string"}}}
+                    responses["200"] = {"description": "Prometheus text exposition format", "content": text}
                 if path == "/readyz":
                     responses["503"] = {"description": "Not ready: `checks` names the part that is down"}
                 continue

@@ -198,6 +198,7 @@ def main() -> int:
             "SITELOC_JOB_SWEEP_SECONDS": "5",
             "SITELOC_DATA_DIR": str(tmp / "data"),
         }
+        (tmp / "data").mkdir()
         from app.migrate import upgrade
 
         upgrade(pg.url)
@@ -270,6 +271,7 @@ def main() -> int:
         check(failures, results, "recovered_after_postgres", recovered_pg is not None)
         check(failures, results, "recovered_after_redis", recovered_redis is not None)
         check(failures, results, "503_during_postgres_outage", "503" in results["load"]["postgres_down"])
+        print(json.dumps({k: results[k] for k in ("load", "recovery_s", "checks")}), file=sys.stderr, flush=True)
 
         # finetune accepted while Redis is down: 503 and no job left (or, if it got through, it runs)
         rd.stop()
