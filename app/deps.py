@@ -32,9 +32,7 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(
-    rt: RuntimeDep, request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal:
+def get_principal(rt: RuntimeDep, request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """The key's principal, within its role's rate limit (429); failed attempts are limited per client address."""
     try:
         principal = rt.auth.authenticate(authorization)

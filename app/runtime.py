@@ -39,10 +39,9 @@ class Runtime:
         )
         self.locator = Locator(settings=settings, models=self.models, writer=self.writer)
         # Full mode schedules with Celery beat; embedded mode with a thread running the same check.
-        self.scheduler = (
-            EmbeddedScheduler(self.job_context, self.dispatcher, settings.cotrain_check_seconds)
-            if settings.embedded
-            else None
+        # Full mode also sweeps dead workers' jobs from each API process (cotrain=False: beat schedules updates).
+        self.scheduler = EmbeddedScheduler(
+            self.job_context, self.dispatcher, settings.cotrain_check_seconds, cotrain=settings.embedded
         )
 
     def start(self) -> None:

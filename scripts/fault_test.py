@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -290,10 +291,8 @@ def main() -> int:
         for p in reversed(procs):
             p.kill()
         rd.stop()
-        try:
+        with contextlib.suppress(Exception):
             pg.stop()
-        except Exception:
-            pass
         results["logs"] = str(tmp)
     results["ok"] = not failures
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

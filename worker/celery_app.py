@@ -30,7 +30,11 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={
             "schedule-cotrain": {"task": SCHEDULE_TASK, "schedule": settings.cotrain_check_seconds},
             # Requeue jobs whose worker died (stale heartbeat), resend queued jobs never started.
-            "sweep-jobs": {"task": SWEEP_TASK, "schedule": settings.job_sweep_seconds},
+            "sweep-jobs": {
+                "task": SWEEP_TASK,
+                "schedule": settings.job_sweep_seconds,
+                "options": {"expires": settings.job_sweep_seconds},  # a sweep stuck behind a job is dropped
+            },
         },
     )
     return app

@@ -69,9 +69,7 @@ class EmbeddedWorker:
         self._started = True
         with self._ctx.db.session() as s:
             # One process runs embedded jobs: a job "running" at start was running in a process that died.
-            s.execute(
-                update(Job).where(Job.state == "running").values(state="queued", message="requeued: restarted")
-            )
+            s.execute(update(Job).where(Job.state == "running").values(state="queued", message="requeued: restarted"))
             pending = list(
                 s.scalars(select(Job.id).where(Job.state.in_(("queued", "running"))).order_by(Job.created_at))
             )
@@ -102,10 +100,15 @@ class EmbeddedWorker:
 
 class EmbeddedScheduler:
     """Embedded mode's stand-in for Celery beat: every `every_s`, start the co-training updates that are due;
-    every `job_sweep_seconds`, sweep jobs whose worker died (the same `sweep_jobs` as beat's task)."""
+    every `job_sweep_seconds`, sweep jobs whose worker died (the same `sweep_jobs` as beat's task).
 
-    def __init__(self, ctx: JobContext, dispatcher: Dispatcher, every_s: float) -> None:
+    In full mode each API process runs it with `cotrain=False`, sweeping only: beat's sweep task waits in the job
+    queue behind running jobs, and a dead worker's job should not wait for a busy one to finish. Sweeps are
+    idempotent, so several sweepers at once are harmless."""
+
+    def __init__(self, ctx: JobContext, dispatcher: Dispatcher, every_s: float, *, cotrain: bool = True) -> None:
         self._ctx = ctx
+        self._cotrain_on = cotrain
         self._dispatcher = dispatcher
         self._every = every_s
         self._sweep_every = ctx.settings.job_sweep_seconds
@@ -130,7 +133,8 @@ class EmbeddedScheduler:
                 self.sweep()
             if now >= next_cotrain:
                 next_cotrain = now + self._every
-                self._cotrain()
+                if self._cotrain_on:
+                    self._cotrain()
 
     def sweep(self) -> list[str]:
         try:

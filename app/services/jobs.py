@@ -246,31 +246,45 @@ def sweep_jobs(s: Session, *, settings: Settings) -> Sweep:
         )
     ).all()
     for job_id, attempts in stale_running:
+        # Guarded updates (state and stale heartbeat re-checked): several sweepers (API processes, beat) may run
+        # at once, and only the one whose update lands reports the job.
+        still_stale = (
+            (Job.id == job_id) & (Job.state == "running") & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+        )
         if attempts >= settings.job_max_attempts:
             error = (
                 f"the worker running this job stopped {attempts} times (no heartbeat for "
                 f"{settings.job_stale_seconds:g} s); giving up"
             )
-            s.execute(
+            res = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == "running")
+                .where(still_stale)
                 .values(state="failed", message="failed", error=error, finished_at=now)
+                .execution_options(synchronize_session=False)
             )
-            failed.append(job_id)
+            if res.rowcount:
+                failed.append(job_id)
         else:
-            s.execute(
+            res = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == "running")
+                .where(still_stale)
                 .values(state="queued", message="requeued: its worker stopped", heartbeat_at=now)
+                .execution_options(synchronize_session=False)
             )
-            requeued.append(job_id)
-    stale_queued = list(
-        s.scalars(
-            select(Job.id).where(Job.state == "queued", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+            if res.rowcount:
+                requeued.append(job_id)
+    stale_queued = []
+    for job_id in s.scalars(
+        select(Job.id).where(Job.state == "queued", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+    ).all():
+        res = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == "queued", or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+            .values(heartbeat_at=now)
+            .execution_options(synchronize_session=False)
         )
-    )
-    for job_id in stale_queued:
-        s.execute(update(Job).where(Job.id == job_id, Job.state == "queued").values(heartbeat_at=now))
+        if res.rowcount:
+            stale_queued.append(job_id)
     if requeued or failed or stale_queued:
         log.warning("job sweep: requeued %s, resent %s, failed %s", requeued, stale_queued, failed)
     return Sweep(requeued=requeued, resent=stale_queued, failed=failed)

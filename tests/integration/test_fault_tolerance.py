@@ -6,11 +6,9 @@ so every storage case here is checked on both databases.
 
 from __future__ import annotations
 
-import io
 import tarfile
 import tempfile
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from app.models import Job, Query, Site
+from app.models import Job, Query
 from tests.conftest import FIXTURES, Backend
 from tests.integration.conftest import ADMIN, Api, uji_queries
 
@@ -372,7 +370,7 @@ def test_finetune_params_are_checked_before_queueing(api: Api, site: str, body: 
 
 def test_a_huge_locate_is_refused_before_parsing(api: Api, site: str) -> None:
     limit = api.app.state.runtime.settings.max_locate_body_bytes
-    wifi = ",".join('{"bssid":"WAP%03d","rssi":-50}' % (i % 520) for i in range(limit // 20))
+    wifi = ",".join(f'{{"bssid":"WAP{i % 520:03d}","rssi":-50}}' for i in range(limit // 20))
     body = f'{{"site_id":"{site}","wifi":[{wifi}]}}'.encode()
     assert len(body) > limit
     r = api.post("/locate", content=body, headers=JSON)
