@@ -56,23 +56,27 @@ class Principal:
 #
 # Token buckets: each key (and each client address that fails authentication) has `burst` tokens, refilled at
 # `rate` per second; a request takes one, and without one it gets 429 with Retry-After. In full mode the buckets
-# live in Redis (one Lua call, atomic), so every API process shares them; in embedded mode in this process. When
-# Redis is unreachable the limiter falls back to this process's buckets for a few seconds: rate limiting must
-# never take /locate down with it.
+# live in Redis (one atomic Lua call), so every API process shares them; in embedded mode in this process. A Redis
+# round trip per /locate would cost more than the answer itself, so a process takes tokens from Redis in leases of
+# up to 5% of the burst (at most a second's worth, kept at most a second) and spends them locally: a process may
+# run ahead of the shared bucket by one lease. Small limits lease one token at a time (exact). When Redis is
+# unreachable the limiter falls back to this process's buckets for a few seconds: rate limiting must never take
+# /locate down with it.
 
 RATE_LIMITED = Counter("siteloc_rate_limited_total", "Requests refused with 429 by a rate limit", ["limit"])
 
 _LUA = """
 local tokens = tonumber(redis.call('HGET', KEYS[1], 't'))
 local stamp = tonumber(redis.call('HGET', KEYS[1], 's'))
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rate, burst, now, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if tokens == nil then tokens = burst; stamp = now end
 tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+local got = math.min(want, math.floor(tokens))
 local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+if got >= 1 then tokens = tokens - got else got = 0; wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 't', tostring(tokens), 's', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
-return tostring(wait)
+return {got, tostring(wait)}
 """
 
 
@@ -113,6 +117,8 @@ class RateLimiter:
         self._redis = None
         self._script = None
         self._redis_down_until = 0.0
+        self._leases: dict[str, tuple[int, float]] = {}  # name -> (tokens left, valid until)
+        self._lease_lock = threading.Lock()
         if redis_url:
             import redis
 
@@ -136,10 +142,24 @@ class RateLimiter:
     def _take(self, name: str, limit: Limit) -> float:
         now = time.time()
         if self._script is not None and now >= self._redis_down_until:
+            with self._lease_lock:
+                left, until = self._leases.get(name, (0, 0.0))
+                if left > 0 and now < until:
+                    self._leases[name] = (left - 1, until)
+                    return 0.0
+            lease = int(max(1.0, min(limit.burst * 0.05, limit.rate)))
             try:
-                return float(self._script(keys=[self._prefix + name], args=[limit.rate, limit.burst, now]))
+                got, wait = self._script(keys=[self._prefix + name], args=[limit.rate, limit.burst, now, lease])
             except Exception:  # Redis down or slow: this process's buckets for a while
                 self._redis_down_until = now + 5.0
+                return self._local.take(name, limit, now)
+            if int(got) < 1:
+                return float(wait)
+            with self._lease_lock:
+                if len(self._leases) > 100_000:
+                    self._leases.clear()
+                self._leases[name] = (int(got) - 1, now + 1.0)
+            return 0.0
         return self._local.take(name, limit, now)
 
 

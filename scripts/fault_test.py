@@ -231,6 +231,10 @@ def main() -> int:
         assert job["state"] == "succeeded", job
         key = client.post("/keys", json={"role": "app", "name": "load"}, headers=admin).json()["key"]
 
+        results["huge_locate"] = huge_locate(client, key, site_id)
+        first, streamed = results["huge_locate"]["statuses"]
+        check(failures, results, "huge_locate_is_413", first == 413 and streamed in (413, "connection closed"))
+
         load = Load(base, key, site_id, scans)
         load.start()
         phases: dict[str, tuple[float, float]] = {}
@@ -303,6 +307,30 @@ def main() -> int:
         return 1
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def huge_locate(client: httpx.Client, key: str, site_id: str) -> dict[str, Any]:
+    """A 15 MiB /locate (about 400k APs), with Content-Length and streamed without it: refused with 413 at once."""
+    wifi = ",".join(f'{{"bssid":"ap{i}","rssi":-50}}' for i in range(400_000))
+    body = f'{{"site_id":"{site_id}","wifi":[{wifi}]}}'.encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    out: dict[str, Any] = {"bytes": len(body), "statuses": [], "seconds": []}
+
+    def chunks() -> Any:
+        for k in range(0, len(body), 65536):
+            yield body[k : k + 65536]
+
+    for content in (body, chunks()):
+        t0 = time.perf_counter()
+        try:
+            r = client.post("/locate", content=content, headers=headers)
+            status = r.status_code
+        except httpx.HTTPError as exc:  # the server may answer 413 and close before the whole stream is sent
+            status = "connection closed"
+            out.setdefault("errors", []).append(type(exc).__name__)
+        out["statuses"].append(status)
+        out["seconds"].append(round(time.perf_counter() - t0, 4))
+    return out
 
 
 def check(failures: list[str], results: dict[str, Any], name: str, ok: bool) -> None:
