@@ -40,18 +40,18 @@ def request_finetune(s: Session, *, site: Site, body: FinetuneIn, principal: Pri
     has_data = s.scalar(select(SurveyFingerprint.id).where(SurveyFingerprint.site_id == site.id).limit(1))
     if has_data is None:
         raise Conflict(f"site {site.id!r} has no survey fingerprints yet; POST /sites/{site.id}/surveys first")
-    _check_enough_data(s, site, body, cls)
     if cls.trains_on == "windows" and not _has_windows(s, site.id):
         raise Conflict(
             f"model {body.model!r} trains on sensor windows and site {site.id!r} has none; upload a survey whose "
             "fingerprints carry 'sensors', or an ilc2020 trace archive"
         )
+    _check_enough_data(s, site, body, cls)
     params = body.model_dump(mode="json")
     return create_job(s, kind="finetune", site_id=site.id, params=params)
 
 
-# Fewer training rows than this (after the holdout and train_fraction) cannot give a model worth publishing.
-MIN_TRAIN_ROWS = 10
+# Fewer training rows than this (after the holdout and train_fraction) cannot train any model.
+MIN_TRAIN_ROWS = 2
 
 
 def _check_params(body: FinetuneIn) -> None:
