@@ -4,9 +4,12 @@ is a value of the wrong type (a boolean where a number is expected, a string for
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from typing import Any, TypeVar
+
+import numpy as np
 
 from ml.errors import InvalidParams
 
@@ -41,14 +44,16 @@ def check_types(cls: type, params: Mapping[str, Any], what: str) -> None:
 
 
 def _fits(v: Any, kinds: set[str]) -> bool:
+    # numbers' ABCs so numpy scalars (np.int64, np.float32) from benchmark sweeps count as numbers
     if v is None:
         return "None" in kinds
-    if isinstance(v, bool):
+    if isinstance(v, bool | np.bool_):
         return "bool" in kinds
-    if isinstance(v, int):
+    if isinstance(v, numbers.Integral):
         return "int" in kinds or "float" in kinds
-    if isinstance(v, float):
-        return ("float" in kinds and math.isfinite(v)) or ("int" in kinds and v.is_integer())
+    if isinstance(v, numbers.Real):
+        f = float(v)
+        return ("float" in kinds and math.isfinite(f)) or ("int" in kinds and f.is_integer())
     if isinstance(v, str):
         return "str" in kinds
     return False
