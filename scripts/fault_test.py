@@ -310,7 +310,7 @@ def main() -> int:
 
 
 def huge_locate(client: httpx.Client, key: str, site_id: str) -> dict[str, Any]:
-    """A 15 MiB /locate (about 400k APs), with Content-Length and streamed without it: refused with 413 at once."""
+    """A 12.7 MB /locate (400,000 APs), with Content-Length and streamed without it: refused with 413 at once."""
     wifi = ",".join(f'{{"bssid":"ap{i}","rssi":-50}}' for i in range(400_000))
     body = f'{{"site_id":"{site_id}","wifi":[{wifi}]}}'.encode()
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
