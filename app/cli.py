@@ -120,6 +120,7 @@ def beat(loglevel: str) -> None:
         raise click.UsageError("SITELOC_REDIS_URL is not set: celery beat needs the Redis broker")
     from worker.celery_app import celery_app
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule file there
     celery_app.start(["beat", f"--loglevel={loglevel}", "--schedule", str(settings.data_dir / "celerybeat-schedule")])
 
 

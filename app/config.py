@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +35,21 @@ class Settings(BaseSettings):
     max_batch_queries: int = Field(default=1000, ge=1)
     max_survey_fingerprints: int = Field(default=200_000, ge=1)  # per JSON survey request
 
+    # Body limit of /locate (one scan: a few KiB; 1,024 APs fit in ~80 KiB). Checked before anything is parsed.
+    max_locate_body_bytes: int = Field(default=256 * 1024, ge=1024)
+
+    # Rate limits (token buckets, per key by role, and per client address for failed authentication): requests
+    # per second and burst size; 0 = unlimited. Shared by all API processes through Redis in full mode. The app
+    # default stays far above what one key sends in the load benchmark (32 connections, a few thousand/s).
+    rate_limit_app_per_s: float = Field(default=20_000.0, ge=0)
+    rate_limit_app_burst: float = Field(default=40_000.0, ge=1)
+    rate_limit_operator_per_s: float = Field(default=200.0, ge=0)
+    rate_limit_operator_burst: float = Field(default=400.0, ge=1)
+    rate_limit_admin_per_s: float = Field(default=1_000.0, ge=0)
+    rate_limit_admin_burst: float = Field(default=2_000.0, ge=1)
+    rate_limit_auth_failures_per_s: float = Field(default=5.0, ge=0)
+    rate_limit_auth_failures_burst: float = Field(default=50.0, ge=1)
+
     # Query log group commit: many /locate requests share one transaction.
     query_commit_max_rows: int = Field(default=2000, ge=1)
     query_commit_max_wait_ms: float = Field(default=2.0, ge=0)
@@ -51,6 +66,14 @@ class Settings(BaseSettings):
     job_hard_time_limit_s: int = Field(default=4 * 3600 + 600, ge=20)
     # The Celery queue jobs go to and `siteloc worker` consumes.
     job_queue: str = Field(default="siteloc", min_length=1, max_length=100)
+    # Job liveness: a running job's worker touches its row every job_heartbeat_seconds; the scheduler (Celery beat
+    # or the embedded one) sweeps every job_sweep_seconds and requeues a job whose heartbeat is older than
+    # job_stale_seconds (a killed worker), or fails it after job_max_attempts starts. A queued job not started
+    # within job_stale_seconds is handed to the workers again (a lost send).
+    job_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    job_stale_seconds: float = Field(default=180.0, gt=0)
+    job_sweep_seconds: float = Field(default=60.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
     # Fraction of the survey's paths held out at finetune time for honest metrics.
     holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
 
@@ -68,6 +91,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _heartbeat_below_stale(self) -> Settings:
+        if self.job_stale_seconds < 3 * self.job_heartbeat_seconds:
+            raise ValueError("job_stale_seconds must be at least 3 x job_heartbeat_seconds (a slow beat is not death)")
+        return self
 
     @property
     def embedded(self) -> bool:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from app.errors import Unauthorized
 from app.models import Site
 from app.runtime import Runtime
 from app.security import Principal
@@ -31,8 +32,15 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(rt: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return rt.auth.authenticate(authorization)
+def get_principal(rt: RuntimeDep, request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """The key's principal, within its role's rate limit (429); failed attempts are limited per client address."""
+    try:
+        principal = rt.auth.authenticate(authorization)
+    except Unauthorized:
+        rt.limiter.check("auth_failures", request.client.host if request.client else "unknown")
+        raise
+    rt.limiter.check(principal.role, principal.key_id)
+    return principal
 
 
 def _role(*roles: str) -> Callable[[Principal], Principal]:

@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.api import health, jobs, keys, locate, models, sites
 from app.config import Settings, get_settings
-from app.errors import install_handlers
+from app.errors import ErrorOut, install_handlers
 from app.middleware import BodyLimit, Metrics
 from app.runtime import Runtime
 from app.schemas.api import SurveyIn
@@ -39,7 +39,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     install_handlers(app)
     for router in (sites.router, jobs.router, models.router, locate.router, keys.router, health.router):
         app.include_router(router)
-    app.add_middleware(BodyLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_body=settings.max_body_bytes,
+        max_upload=settings.max_upload_bytes,
+        max_locate=settings.max_locate_body_bytes,
+    )
     app.add_middleware(Metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -62,5 +67,47 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(survey.pop("$defs", {}))
     components["SurveyIn"] = survey
+    _document_errors(schema)
     app.openapi_schema = schema
     return schema
+
+
+_ERRORS = {
+    "400": "Malformed request (e.g. an unreadable multipart body)",
+    "401": "Missing, malformed, invalid or revoked API key",
+    "403": "The key's role or site scope does not allow this",
+    "404": "No such site, job, key or model version",
+    "409": "Conflicts with the current state (e.g. no survey or no active model yet)",
+    "413": "Body (or batch) larger than the limit",
+    "422": "Invalid input: `detail` says what; `errors` lists each invalid field when the body failed validation",
+    "429": "Rate limit exceeded; retry after `Retry-After` seconds",
+    "503": "A part the request needs (the database, the job queue) is unavailable; retry after `Retry-After` seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
+_UNAUTHENTICATED = {"/healthz", "/readyz", "/metrics"}
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Every operation documents the error answers it can give, all in the one `ErrorOut` shape."""
+    components = schema["components"]["schemas"]
+    error = ErrorOut.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(error.pop("$defs", {}))
+    components["ErrorOut"] = error
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+    for path, item in schema.get("paths", {}).items():
+        for op in item.values():
+            responses = op.setdefault("responses", {})
+            if path in _UNAUTHENTICATED:
+                if path == "/metrics":
+                    text = {"text/plain": {"schema": {"type": "string"}}}
+                    responses["200"] = {"description": "Prometheus text exposition format", "content": text}
+                if path == "/readyz":
+                    responses["503"] = {"description": "Not ready: `checks` names the part that is down"}
+                continue
+            for code, description in _ERRORS.items():
+                entry: dict[str, Any] = {"description": description, "content": ref}
+                if code in ("429", "503"):
+                    entry["headers"] = _RETRY_AFTER
+                responses[code] = entry

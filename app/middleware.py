@@ -1,4 +1,8 @@
-"""Pure ASGI middleware: request body limits (413) and Prometheus request metrics."""
+"""Pure ASGI middleware: request body limits (413) and Prometheus request metrics.
+
+Body limits are per route and checked before anything is parsed: a /locate body (one scan) is refused above
+`max_locate` bytes from its Content-Length, or as soon as that many bytes have streamed in, so one huge request
+cannot hold the event loop or memory while it is validated."""
 
 from __future__ import annotations
 
@@ -27,15 +31,19 @@ class _TooLarge(HTTPException):
 class BodyLimit:
     """Refuse bodies over the limit with 413, whether or not Content-Length is sent."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body: int, max_upload: int, max_locate: int | None = None) -> None:
         self.app = app
         self.max_body = max_body
         self.max_upload = max_upload
+        self.max_locate = max_body if max_locate is None else min(max_locate, max_body)
 
     def _limit(self, scope: Scope) -> int:
+        path = scope["path"]
+        if path == "/locate" or path == "/locate/":
+            return self.max_locate
         headers = dict(scope.get("headers") or [])
         ctype = headers.get(b"content-type", b"").lower()
-        if ctype.startswith(b"multipart/form-data") and scope["path"].endswith("/surveys"):
+        if ctype.startswith(b"multipart/form-data") and path.endswith("/surveys"):
             return self.max_upload
         return self.max_body
 

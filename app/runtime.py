@@ -6,6 +6,7 @@ import logging
 
 from app.config import Settings
 from app.db import Database
+from app.security import rate_limiter
 from app.services.jobs import JobContext
 from app.services.keys import KeyAuthenticator
 from app.services.locate import Locator
@@ -30,6 +31,7 @@ class Runtime:
             self.db, max_rows=settings.query_commit_max_rows, max_wait_ms=settings.query_commit_max_wait_ms
         )
         bootstrap = settings.bootstrap_admin_key.get_secret_value() if settings.bootstrap_admin_key else None
+        self.limiter = rate_limiter(settings)
         self.auth = KeyAuthenticator(self.db, bootstrap_key=bootstrap, ttl_s=settings.key_cache_seconds)
         self.job_context = JobContext(db=self.db, settings=settings, device=self.device, notifier=self.notifier)
         self.dispatcher: Dispatcher = (
@@ -37,10 +39,9 @@ class Runtime:
         )
         self.locator = Locator(settings=settings, models=self.models, writer=self.writer)
         # Full mode schedules with Celery beat; embedded mode with a thread running the same check.
-        self.scheduler = (
-            EmbeddedScheduler(self.job_context, self.dispatcher, settings.cotrain_check_seconds)
-            if settings.embedded
-            else None
+        # Full mode also sweeps dead workers' jobs from each API process (cotrain=False: beat schedules updates).
+        self.scheduler = EmbeddedScheduler(
+            self.job_context, self.dispatcher, settings.cotrain_check_seconds, cotrain=settings.embedded
         )
 
     def start(self) -> None:

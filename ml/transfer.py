@@ -51,6 +51,7 @@ from ml.models.fpmodel import (
     train_candidate,
     train_site_model,
 )
+from ml.params import check_types
 from ml.serialize import FORMAT_VERSION, dump_arrays, load_arrays
 from ml.transfer_encoder import Base, EncoderConfig, check_base, encoder_recipe, pretrain_encoder
 from ml.transfer_msta import MstaConfig, load_teachers, msta_recipe, teacher_data, train_teacher
@@ -90,6 +91,8 @@ def split_params(params: Mapping[str, Any] | None) -> AllParams:
             raise InvalidParams(f"unknown transfer param {key!r}; known: {known}")
         groups[owner][key] = tuple(value) if isinstance(value, list) else value
     net = FPNetParams.parse(groups[FPNetParams])
+    for cls, what in ((EncoderConfig, "encoder"), (MstaConfig, "msta"), (TransferConfig, "transfer")):
+        check_types(cls, groups[cls], what)
     msta = replace(MstaConfig(), **groups[MstaConfig])
     if len(msta.lambdas) != 4 or min(msta.lambdas) < 0 or sum(msta.lambdas) <= 0:
         raise InvalidParams("lambdas must be 4 non-negative weights (J_MAE, J_Sim, J_MI, J_FI), not all 0")

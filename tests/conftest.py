@@ -61,6 +61,9 @@ class Backend:
             "device": "cpu",
             "model_refresh_seconds": 0.5,
             "key_cache_seconds": 0.0,
+            # Tests call the job sweeper themselves (test_fault_tolerance.py); a background sweep in another app
+            # of the session must not race them. scripts/fault_test.py runs the real background sweepers.
+            "job_sweep_seconds": 3600.0,
         }
         values.update(overrides)
         return Settings(**values)

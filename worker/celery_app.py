@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from app.config import Settings, get_settings
-from worker.names import SCHEDULE_TASK
+from worker.names import SCHEDULE_TASK, SWEEP_TASK
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -29,6 +29,12 @@ def make_celery(settings: Settings) -> Celery:
         # Start the co-training updates that are due (enough new queries), every cotrain_check_seconds.
         beat_schedule={
             "schedule-cotrain": {"task": SCHEDULE_TASK, "schedule": settings.cotrain_check_seconds},
+            # Requeue jobs whose worker died (stale heartbeat), resend queued jobs never started.
+            "sweep-jobs": {
+                "task": SWEEP_TASK,
+                "schedule": settings.job_sweep_seconds,
+                "options": {"expires": settings.job_sweep_seconds},  # a sweep stuck behind a job is dropped
+            },
         },
     )
     return app

@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.config import Settings
 from app.models import Job
 from app.services.cotrain import schedule_due_updates
-from app.services.jobs import JobContext
+from app.services.jobs import JobContext, sweep_jobs
 from app.services.runner import execute_job
 from worker.names import RUN_JOB_TASK
 
@@ -67,6 +68,8 @@ class EmbeddedWorker:
             return
         self._started = True
         with self._ctx.db.session() as s:
+            # One process runs embedded jobs: a job "running" at start was running in a process that died.
+            s.execute(update(Job).where(Job.state == "running").values(state="queued", message="requeued: restarted"))
             pending = list(
                 s.scalars(select(Job.id).where(Job.state.in_(("queued", "running"))).order_by(Job.created_at))
             )
@@ -96,12 +99,19 @@ class EmbeddedWorker:
 
 
 class EmbeddedScheduler:
-    """Embedded mode's stand-in for Celery beat: every `every_s`, start the co-training updates that are due."""
+    """Embedded mode's stand-in for Celery beat: every `every_s`, start the co-training updates that are due;
+    every `job_sweep_seconds`, sweep jobs whose worker died (the same `sweep_jobs` as beat's task).
 
-    def __init__(self, ctx: JobContext, dispatcher: Dispatcher, every_s: float) -> None:
+    In full mode each API process runs it with `cotrain=False`, sweeping only: beat's sweep task waits in the job
+    queue behind running jobs, and a dead worker's job should not wait for a busy one to finish. Sweeps are
+    idempotent, so several sweepers at once are harmless."""
+
+    def __init__(self, ctx: JobContext, dispatcher: Dispatcher, every_s: float, *, cotrain: bool = True) -> None:
         self._ctx = ctx
+        self._cotrain_on = cotrain
         self._dispatcher = dispatcher
         self._every = every_s
+        self._sweep_every = ctx.settings.job_sweep_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="siteloc-scheduler", daemon=True)
 
@@ -114,11 +124,34 @@ class EmbeddedScheduler:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            try:
-                with self._ctx.db.session() as s:
-                    created = schedule_due_updates(s, settings=self._ctx.settings)
-                for job_id in created:  # committed above
-                    self._dispatcher.enqueue(job_id)
-            except Exception:
-                log.exception("scheduling co-training updates failed; retrying next round")
+        now = time.monotonic()
+        next_cotrain, next_sweep = now + self._every, now + self._sweep_every
+        while not self._stop.wait(max(0.0, min(next_cotrain, next_sweep) - time.monotonic())):
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + self._sweep_every
+                self.sweep()
+            if now >= next_cotrain:
+                next_cotrain = now + self._every
+                if self._cotrain_on:
+                    self._cotrain()
+
+    def sweep(self) -> list[str]:
+        try:
+            with self._ctx.db.session() as s:
+                result = sweep_jobs(s, settings=self._ctx.settings)
+            for job_id in result.to_send:  # committed above
+                self._dispatcher.enqueue(job_id)
+            return result.to_send
+        except Exception:
+            log.exception("sweeping jobs failed; retrying next round")
+            return []
+
+    def _cotrain(self) -> None:
+        try:
+            with self._ctx.db.session() as s:
+                created = schedule_due_updates(s, settings=self._ctx.settings)
+            for job_id in created:  # committed above
+                self._dispatcher.enqueue(job_id)
+        except Exception:
+            log.exception("scheduling co-training updates failed; retrying next round")

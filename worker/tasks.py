@@ -13,11 +13,11 @@ from celery.signals import worker_process_init
 from app.config import get_settings
 from app.db import Database
 from app.services.cotrain import schedule_due_updates
-from app.services.jobs import JobContext
+from app.services.jobs import JobContext, sweep_jobs
 from app.services.notify import make_notifier
 from app.services.runner import execute_job
 from worker.celery_app import celery_app
-from worker.names import RUN_JOB_TASK, SCHEDULE_TASK
+from worker.names import RUN_JOB_TASK, SCHEDULE_TASK, SWEEP_TASK
 
 log = logging.getLogger(__name__)
 _ctx: JobContext | None = None
@@ -61,3 +61,14 @@ def schedule_cotrain() -> list[str]:
     for job_id in created:  # committed above
         celery_app.send_task(RUN_JOB_TASK, args=[job_id])
     return created
+
+
+@celery_app.task(name=SWEEP_TASK)
+def sweep() -> list[str]:
+    """Beat's periodic sweep: requeue jobs whose worker died, resend jobs never started (see sweep_jobs)."""
+    ctx = context()
+    with ctx.db.session() as s:
+        result = sweep_jobs(s, settings=ctx.settings)
+    for job_id in result.to_send:  # committed above
+        celery_app.send_task(RUN_JOB_TASK, args=[job_id])
+    return result.to_send

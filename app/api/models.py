@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from app.deps import RuntimeDep, SessionDep, SiteDep
 from app.models import ModelVersion
@@ -38,7 +40,9 @@ def list_models(site: SiteDep, s: SessionDep) -> list[ModelVersionOut]:
 
 
 @router.post("/sites/{site_id}/models/{version}/activate", response_model=ModelVersionOut)
-def activate(site: SiteDep, version: int, s: SessionDep, rt: RuntimeDep) -> ModelVersionOut:
+def activate(
+    site: SiteDep, version: Annotated[int, Path(ge=1, le=2**31 - 1)], s: SessionDep, rt: RuntimeDep
+) -> ModelVersionOut:
     """Make this version the one /locate uses (promotion or rollback). Every API process picks it up
     within a few seconds."""
     mv = registry.activate_and_notify(

@@ -205,6 +205,10 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Running: touched every job_heartbeat_seconds by the worker; queued: when the job was last handed to the
+    # workers. The sweeper (app.services.jobs.sweep_jobs) requeues or fails a job whose heartbeat went stale.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    __table_args__ = (Index("ix_jobs_state_heartbeat", "state", "heartbeat_at"),)

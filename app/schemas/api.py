@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import FingerprintIn, Label, SensorWindowIn, WifiEntry
+from app.schemas.common import (
+    FingerprintIn,
+    Label,
+    Millis,
+    NoNul,
+    SensorWindowIn,
+    StrictInt,
+    Text,
+    UtcDatetime,
+    WifiEntry,
+)
 from ml.models import MODEL_NAMES, STRATEGY_NAMES
 
 # Built from ml.models' registry (the one list of names); still a Literal, so OpenAPI shows the enum.
@@ -17,7 +26,7 @@ Strategy = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
 
 class SiteCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: Annotated[str, NoNul] = Field(min_length=1, max_length=200)
     floors: list[Label] | None = Field(
         default=None,
         max_length=500,
@@ -39,8 +48,8 @@ class ActiveModel(BaseModel):
 class SiteOut(BaseModel):
     id: str
     name: str
-    floors: list[str] | None
-    created_at: datetime
+    floors: list[str] | None = None
+    created_at: UtcDatetime
     counts: Counts | None = None
     active_model: ActiveModel | None = None
 
@@ -70,7 +79,7 @@ class FinetuneIn(BaseModel):
     train_fraction: float | None = Field(
         default=None, gt=0, le=1, description="Use this fraction of the training paths (a seeded subset); default all"
     )
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    seed: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
     params: dict[str, Any] = Field(default_factory=dict, description="Model-specific settings overriding defaults")
 
 
@@ -81,7 +90,7 @@ class CotrainIn(BaseModel):
         description="Promote the update only if it is not worse on the survey "
         "holdout than the active version (beyond SITELOC_COTRAIN_TOLERANCE). false = promote anyway",
     )
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    seed: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
     params: dict[str, Any] = Field(default_factory=dict, description="Co-training settings overriding defaults")
 
 
@@ -100,9 +109,9 @@ class JobOut(BaseModel):
     metrics: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None = None
+    finished_at: UtcDatetime | None = None
 
 
 class ModelVersionOut(BaseModel):
@@ -112,7 +121,7 @@ class ModelVersionOut(BaseModel):
     status_reason: str | None = None
     source: str
     parent_version: int | None = None
-    created_at: datetime
+    created_at: UtcDatetime
     metrics: dict[str, Any]
     training: dict[str, Any]
 
@@ -126,8 +135,8 @@ class LocateIn(BaseModel):
         description="About one second of motion sensors ending now; read by models trained on sensor windows "
         "(mtloc), which also answer a query with sensors and no WiFi",
     )
-    device: str | None = Field(default=None, max_length=200)
-    timestamp: int | None = Field(default=None, ge=0, description="unix milliseconds, when the scan was taken")
+    device: Text | None = None
+    timestamp: Millis | None = Field(default=None, description="unix milliseconds, when the scan was taken")
 
 
 class ModelRef(BaseModel):
@@ -161,7 +170,7 @@ class KeyCreate(BaseModel):
     sites: list[str] | None = Field(
         default=None, max_length=1000, description="Sites this key may act on; omit for all sites"
     )
-    name: str = Field(default="", max_length=200)
+    name: Text = ""
 
 
 class KeyOut(BaseModel):
@@ -170,7 +179,7 @@ class KeyOut(BaseModel):
     role: str
     sites: list[str] | None
     name: str
-    created_at: datetime | None = None
+    created_at: UtcDatetime | None = None
 
 
 __all__ = ["FingerprintIn", "SensorWindowIn", "WifiEntry"]

@@ -2,17 +2,51 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from ml.data.bssid import RSSI_MAX, RSSI_MIN, normalize_bssid
+from ml.data.limits import INT64_MAX, LABEL_MAX, TEXT_MAX
 
+
+def _no_nul(v: str) -> str:
+    # PostgreSQL cannot store NUL in text (SQLite can): refused for both, before anything is answered or stored.
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    return v
+
+
+NoNul = AfterValidator(_no_nul)
 Label = Annotated[
     str,
     BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
-    Field(min_length=1, max_length=64),
+    Field(min_length=1, max_length=LABEL_MAX),
+    NoNul,
 ]
+# Free text kept in String(200) columns (device, path, names).
+Text = Annotated[str, Field(max_length=TEXT_MAX), NoNul]
+# Unix milliseconds, stored as BIGINT: at most 2^63 - 1.
+Millis = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True)]
+# Integer fields that must not take a JSON boolean (true is not 1).
+StrictInt = Annotated[int, Field(strict=True)]
+
+
+def _aware(d: datetime) -> datetime:
+    # SQLite hands back naive datetimes (stored in UTC); PostgreSQL aware ones: answers say UTC in both modes.
+    return d.replace(tzinfo=UTC) if d.tzinfo is None else d
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_aware)]
 
 
 class WifiEntry(BaseModel):
@@ -28,6 +62,7 @@ class WifiEntry(BaseModel):
     age_ms: int | None = Field(
         default=None,
         ge=0,
+        le=INT64_MAX,
         description="Optional: how long before the scan this entry was "
         "last seen (Android ScanResult timestamp). Stale cached entries are ignored by models "
         "that learned a cut-off.",
@@ -78,9 +113,9 @@ class FingerprintIn(BaseModel):
     y: float = Field(allow_inf_nan=False)
     floor: Label
     building: Label | None = None
-    device: str | None = Field(default=None, max_length=200)
-    timestamp: int | None = Field(default=None, ge=0, description="unix milliseconds")
-    path: str | None = Field(default=None, max_length=200, description="walk/trace id: splits keep a path together")
+    device: Text | None = None
+    timestamp: Millis | None = Field(default=None, description="unix milliseconds")
+    path: Text | None = Field(default=None, description="walk/trace id: splits keep a path together")
     sensors: SensorWindowIn | None = None
 
 

@@ -17,6 +17,7 @@ from app.services.codec import pack_sensors, sensors_from_api
 from app.services.ids import time_ordered_id
 from app.services.querylog import QueryWriter
 from app.services.registry import LoadedModel, ModelCache
+from app.services.storable import check_query_rows
 from ml.detect import detect_site
 from ml.models.base import QueryBatch
 from ml.types import SensorData
@@ -44,6 +45,7 @@ class Locator:
         many = len(queries) > 1
         prepared = [self._prepare(q, principal, f"queries[{i}]: " if many else "") for i, q in enumerate(queries)]
         outs, rows = self._predict(prepared)
+        check_query_rows(rows)  # issue 19: nothing answered is unstorable (a bad row would fail its whole commit)
         try:
             await asyncio.wrap_future(self._writer.submit(rows))
         except Exception as exc:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from app.errors import JobFailed, job_failure
 from app.models import Job, ModelVersion
 from app.services.cotrain import run_cotrain
-from app.services.jobs import JobContext, ProgressReporter, fail_job
+from app.services.jobs import Heartbeat, JobContext, ProgressReporter, claim_job, fail_job
 from app.services.training import run_finetune
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,17 @@ def execute_job(ctx: JobContext, job_id: str) -> str:
             job.state, job.progress, job.model_version = "succeeded", 1.0, done
             job.finished_at = datetime.now(UTC)
             return "succeeded"
-        job.state, job.attempts = "running", job.attempts + 1
-        job.started_at, job.message = datetime.now(UTC), "started"
         kind = job.kind
+        # Atomic: a duplicate delivery (the sweeper's resend, Redis' redelivery) while a live worker runs the job
+        # finds it claimed and leaves it alone.
+        if not claim_job(s, job_id=job_id, stale_s=ctx.settings.job_stale_seconds):
+            log.info("job %s is already running elsewhere; this delivery does nothing", job_id)
+            return "running"
+    with Heartbeat(ctx.db, job_id, ctx.settings.job_heartbeat_seconds):
+        return _run_claimed(ctx, job_id, kind)
+
+
+def _run_claimed(ctx: JobContext, job_id: str, kind: str) -> str:
     try:
         runner = RUNNERS.get(kind)
         if runner is None:

@@ -19,6 +19,7 @@ from app.models import Site, SiteAP, Survey, SurveyFingerprint, Window
 from app.schemas.api import SurveyOut
 from app.services.codec import pack_sensors, unpack_sensors, wifi_from_db, wifi_to_db
 from app.services.ids import new_id
+from ml.data.limits import fingerprint_problem
 from ml.models.base import LocModel
 from ml.types import Fingerprint
 
@@ -34,6 +35,10 @@ class _Tally:
         self.n = 0
 
     def check(self, fp: Fingerprint, where: str) -> None:
+        # Readers name file and line for their own rows; this catches whatever else reaches the store.
+        problem = fingerprint_problem(fp)
+        if problem is not None:
+            raise Invalid(f"{where}: field {problem[0]}: {problem[1]}")
         if self.floors is not None and fp.floor not in self.floors:
             raise Invalid(f"{where}: floor {fp.floor!r} is not one of this site's floors {sorted(self.floors)}")
         if fp.path is not None:

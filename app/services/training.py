@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, Invalid, JobFailed, NotAvailable
@@ -36,12 +36,7 @@ def request_finetune(s: Session, *, site: Site, body: FinetuneIn, principal: Pri
         )
     cls = get_model_class(body.model)
     _check_strategy(s, site, body, principal)
-    try:
-        cls.check_params({k: v for k, v in body.params.items() if k != "holdout_fraction"})
-    except ValueError as exc:
-        # The user's params, checked before any job exists (a 422, the documented contract): ml.errors.InvalidParams
-        # is a ValueError, and the models' checks still raise plain ones.
-        raise Invalid(f"params: {exc}") from None
+    _check_params(body)
     has_data = s.scalar(select(SurveyFingerprint.id).where(SurveyFingerprint.site_id == site.id).limit(1))
     if has_data is None:
         raise Conflict(f"site {site.id!r} has no survey fingerprints yet; POST /sites/{site.id}/surveys first")
@@ -50,8 +45,47 @@ def request_finetune(s: Session, *, site: Site, body: FinetuneIn, principal: Pri
             f"model {body.model!r} trains on sensor windows and site {site.id!r} has none; upload a survey whose "
             "fingerprints carry 'sensors', or an ilc2020 trace archive"
         )
+    _check_enough_data(s, site, body, cls)
     params = body.model_dump(mode="json")
     return create_job(s, kind="finetune", site_id=site.id, params=params)
+
+
+# Fewer training rows than this (after the holdout and train_fraction) cannot train any model.
+MIN_TRAIN_ROWS = 2
+
+
+def _check_params(body: FinetuneIn) -> None:
+    """The user's params, checked before any job exists (a 422): every model's settings, the transfer
+    strategies' settings, and holdout_fraction."""
+    params = {k: v for k, v in body.params.items() if k != "holdout_fraction"}
+    holdout = body.params.get("holdout_fraction")
+    try:
+        if holdout is not None and (
+            isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout < 1
+        ):
+            raise ValueError("holdout_fraction must be a number in [0, 1)")
+        if body.strategy in ("encoder", "msta"):
+            from ml.transfer import split_params
+
+            split_params(params)
+        else:
+            get_model_class(body.model).check_params(params)
+    except ValueError as exc:
+        # ml.errors.InvalidParams is a ValueError, and the models' checks still raise plain ones.
+        raise Invalid(f"params: {exc}") from None
+
+
+def _check_enough_data(s: Session, site: Site, body: FinetuneIn, cls: type[LocModel]) -> None:
+    """Refuse (422) a request whose train_fraction and holdout would leave almost nothing to train on."""
+    table = Window if cls.trains_on == "windows" else SurveyFingerprint
+    n = int(s.scalar(select(func.count()).select_from(table).where(table.site_id == site.id)) or 0)
+    holdout = body.params.get("holdout_fraction", None)
+    kept = n * (1.0 - float(holdout if isinstance(holdout, int | float) else 0.0)) * (body.train_fraction or 1.0)
+    if kept < MIN_TRAIN_ROWS:
+        raise Invalid(
+            f"train_fraction {body.train_fraction or 1.0:g} of the site's {n} survey rows leaves about {kept:.3g} "
+            f"training rows; at least {MIN_TRAIN_ROWS} are needed"
+        )
 
 
 def _check_strategy(s: Session, site: Site, body: FinetuneIn, principal: Principal | None) -> None:
@@ -79,8 +113,6 @@ def _check_strategy(s: Session, site: Site, body: FinetuneIn, principal: Princip
 
 def _has_windows(s: Session, site_id: str) -> bool:
     return s.scalar(select(Window.id).where(Window.site_id == site_id).limit(1)) is not None
-
-
 
 
 def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import numpy as np
 from ml.data._io import Source, as_path, is_binary, source_name
 from ml.data.bssid import RSSI_MAX, RSSI_MIN, normalize_bssid
 from ml.data.errors import DataFormatError
+from ml.data.limits import INT64_MAX, INT64_MIN, check_fingerprint
 from ml.types import Fingerprint, SensorData, WifiReading
 
 MAX_TRACE_BYTES = 32 << 20
@@ -165,7 +166,7 @@ def trace_fingerprints(tr: IlcTrace) -> Iterator[Fingerprint]:
     keep = np.flatnonzero((tr.scan_times >= lo) & (tr.scan_times <= hi))
     xs, ys = tr.position(tr.scan_times[keep].astype(np.float64))
     for i, x, y in zip(keep.tolist(), xs.tolist(), ys.tolist(), strict=True):
-        yield Fingerprint(
+        fp = Fingerprint(
             wifi=tr.scans[i],
             x=x,
             y=y,
@@ -175,6 +176,8 @@ def trace_fingerprints(tr: IlcTrace) -> Iterator[Fingerprint]:
             path=tr.trace_id,
             extra={"site_id": tr.site_id},
         )
+        check_fingerprint(fp, tr.name)
+        yield fp
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ def trace_windows(tr: IlcTrace, spec: _WindowSpec) -> Iterator[Fingerprint]:
         arrays = [_resample(tr.sensors.get(k), t, spec) for k in ("accel", "gyro", "mag")]
         if any(a is None for a in arrays):
             continue
-        yield Fingerprint(
+        fp = Fingerprint(
             wifi=list(tr.scans[si]) if si >= 0 else [],  # new list, shared (read-only) readings
             x=x,
             y=y,
@@ -220,6 +223,8 @@ def trace_windows(tr: IlcTrace, spec: _WindowSpec) -> Iterator[Fingerprint]:
             sensors=SensorData(rate_hz=spec.rate_hz, accel=arrays[0], gyro=arrays[1], mag=arrays[2]),
             extra={"site_id": tr.site_id, "wifi_ts": int(tr.scan_times[si]) if si >= 0 else None},
         )
+        check_fingerprint(fp, tr.name)
+        yield fp
 
 
 def _resample(samples: np.ndarray | None, t: float, spec: _WindowSpec) -> np.ndarray | None:
@@ -311,11 +316,11 @@ class _TraceParser:
         # ssid, bssid, rssi, freq, last_seen: index from the end so an ssid containing a TAB cannot shift fields.
         if len(p) < 7:
             raise DataFormatError(f"TYPE_WIFI needs 7 fields, got {len(p)}")
-        t = int(p[0])
+        t = _time(p[0])
         rssi = float(p[-3])
         if not (RSSI_MIN <= rssi <= RSSI_MAX):
             raise DataFormatError(f"RSSI {p[-3]!r} outside [{RSSI_MIN:g}, {RSSI_MAX:g}] dBm")
-        age = t - int(p[-1])
+        age = t - _time(p[-1])
         reading = WifiReading(bssid=normalize_bssid(p[-4]), rssi=rssi, age_ms=age if age > 0 else 0)
         scan = self.scans.get(t)
         if scan is None:
@@ -324,7 +329,7 @@ class _TraceParser:
             scan.append(reading)
 
     def _waypoint(self, p: list[str]) -> None:
-        t, x, y = float(int(p[0])), float(p[2]), float(p[3])
+        t, x, y = float(_time(p[0])), float(p[2]), float(p[3])
         if not (np.isfinite(x) and np.isfinite(y)):
             raise DataFormatError("waypoint coordinates must be finite")
         self.waypoints.append((t, x, y))
@@ -333,7 +338,7 @@ class _TraceParser:
         rows = self.sensor_rows[key]
 
         def handle(p: list[str]) -> None:
-            rows.append((float(int(p[0])), float(p[2]), float(p[3]), float(p[4])))
+            rows.append((float(_time(p[0])), float(p[2]), float(p[3]), float(p[4])))
 
         return handle
 
@@ -359,6 +364,14 @@ class _TraceParser:
             scans=[self.scans[t] for t in scan_times.tolist()],
             sensors={k: _sorted_rows(v) for k, v in self.sensor_rows.items() if v},
         )
+
+
+def _time(v: str) -> int:
+    """A line's unix-ms time; beyond 64 bits it is a malformed value, not a time."""
+    t = int(v)
+    if not INT64_MIN <= t <= INT64_MAX:
+        raise DataFormatError(f"time {v[:40]!r} does not fit in 64 bits")
+    return t
 
 
 def _sorted_rows(rows: list[tuple[float, float, float, float]]) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from ml.data._io import Source, open_text, source_name
 from ml.data.bssid import check_rssi, normalize_bssid
 from ml.data.errors import DataFormatError
+from ml.data.limits import check_fingerprint
 from ml.types import Fingerprint, SensorData, WifiReading
 
 SENSOR_KEYS = ("accel", "gyro", "mag")
@@ -112,7 +113,7 @@ def fingerprint_from_json(obj: object, where: str = "fingerprint") -> Fingerprin
     """Validate one API fingerprint object; DataFormatError names the offending field."""
     o = _Obj(obj, where)
     wifi_items = o.get("wifi", list, required=True)
-    return Fingerprint(
+    fp = Fingerprint(
         wifi=[_reading(item, where, f"wifi[{i}]") for i, item in enumerate(wifi_items)],
         x=o.number("x"),
         y=o.number("y"),
@@ -125,6 +126,8 @@ def fingerprint_from_json(obj: object, where: str = "fingerprint") -> Fingerprin
         sensors=_sensors(o.get("sensors", dict), where),
         extra=o.get("extra", dict) or {},
     )
+    check_fingerprint(fp, where)
+    return fp
 
 
 class _Obj:

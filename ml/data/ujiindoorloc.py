@@ -22,6 +22,7 @@ from typing import IO, cast
 from ml.data._io import Source, as_path, is_binary, open_text, source_name
 from ml.data.bssid import normalize_bssid
 from ml.data.errors import DataFormatError
+from ml.data.limits import check_fingerprint
 from ml.types import Fingerprint, WifiReading
 
 NOT_HEARD = 100
@@ -148,7 +149,7 @@ def _row(row: list[str], h: _Header, name: str, line: int) -> Fingerprint:
     lab = _Labels(row, h, name, line)
     user = lab.integer("USERID")
     ts = lab.integer("TIMESTAMP")
-    return Fingerprint(
+    fp = Fingerprint(
         wifi=wifi,
         x=lab.num("LONGITUDE"),
         y=lab.num("LATITUDE"),
@@ -160,6 +161,20 @@ def _row(row: list[str], h: _Header, name: str, line: int) -> Fingerprint:
         path=None,
         extra={"space": lab.integer("SPACEID"), "relpos": lab.integer("RELATIVEPOSITION")},
     )
+    check_fingerprint(fp, f"{name} line {line}", _COLUMNS)
+    return fp
+
+
+# Fingerprint field -> the CSV column it comes from (error messages name the column).
+_COLUMNS = {
+    "floor": "FLOOR",
+    "building": "BUILDINGID",
+    "device": "PHONEID",
+    "user": "USERID",
+    "timestamp": "TIMESTAMP",
+    "x": "LONGITUDE",
+    "y": "LATITUDE",
+}
 
 
 class _Labels:

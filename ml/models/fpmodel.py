@@ -407,6 +407,10 @@ class FingerprintNet(LocModel):
     ) -> FingerprintNet:
         return train_site_model(cls, train, FPNetParams.parse(params), seed, progress, device, holdout)
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        FPNetParams.parse(params)
+
     def refit(
         self, full: FingerprintSet, *, seed: int = 0, progress: ProgressFn = no_progress, device: str = "cpu"
     ) -> FingerprintNet | None:

@@ -111,6 +111,10 @@ class ITOLOC(LocModel):
     # ----- training -------------------------------------------------------------------------
 
     @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        ItolocConfig.from_params(dict(params))
+
+    @classmethod
     def fit(
         cls,
         train: FingerprintSet,

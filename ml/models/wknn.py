@@ -639,6 +639,10 @@ class WKNN(LocModel):
     # -- training
 
     @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        WKNNParams.parse(params)
+
+    @classmethod
     def fit(
         cls,
         train: FingerprintSet,
