@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     query_commit_max_rows: int = Field(default=2000, ge=1)
     query_commit_max_wait_ms: float = Field(default=2.0, ge=0)
 
+    # Batched inference: one executor per loaded model gathers concurrent /locate queries for at most
+    # this long / this many rows and answers them with one predict call.
+    inference_max_batch: int = Field(default=64, ge=1)
+    inference_max_wait_ms: float = Field(default=1.0, ge=0)
+    # Loaded models per API process are bounded by this (least recently used evicted, reloaded on demand).
+    model_cache_mb: int = Field(default=2048, ge=1)
+    # Stored queries older than this are deleted (unset: kept forever), except those a pending or running
+    # co-training update may still read.
+    query_retention_days: float | None = Field(default=None, gt=0)
+
     # How often an API process checks for model activations made elsewhere (also the fallback
     # when the Redis notice is missed).
     model_refresh_seconds: float = Field(default=2.0, gt=0)

@@ -24,7 +24,14 @@ class Runtime:
         self.device = settings.torch_device()
         self.notifier = make_notifier(settings.redis_url)
         self.models = ModelCache(
-            self.db, device=self.device, refresh_s=settings.model_refresh_seconds, notifier=self.notifier
+            self.db,
+            device=self.device,
+            refresh_s=settings.model_refresh_seconds,
+            notifier=self.notifier,
+            max_bytes=settings.model_cache_mb * 1024 * 1024,
+            negative_ttl_s=min(2.0, settings.model_refresh_seconds),
+            batch_rows=settings.inference_max_batch,
+            batch_wait_ms=settings.inference_max_wait_ms,
         )
         self.writer = QueryWriter(
             self.db, max_rows=settings.query_commit_max_rows, max_wait_ms=settings.query_commit_max_wait_ms

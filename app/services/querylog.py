@@ -17,12 +17,24 @@ from collections import Counter
 from concurrent.futures import Future
 from typing import Any
 
+from prometheus_client import Histogram
 from sqlalchemy import insert, update
 
 from app.db import Database
 from app.models import Query, Site
 
 log = logging.getLogger(__name__)
+
+COMMIT_SECONDS = Histogram(
+    "siteloc_querylog_commit_seconds",
+    "Wall time of one query-log group commit",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+ROWS_PER_COMMIT = Histogram(
+    "siteloc_querylog_rows_per_commit",
+    "Query rows written by one group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+)
 
 _STOP = object()
 
@@ -80,18 +92,31 @@ class QueryWriter:
 
     def _write(self, batch: list[tuple[list[dict[str, Any]], Future[None]]]) -> None:
         rows = [r for rs, _ in batch for r in rs]
+        t0 = time.perf_counter()
         try:
-            with self._db.session() as s:
-                s.execute(insert(Query), rows)
-                # Sorted: writers in several processes lock site rows in one order, so they cannot deadlock.
-                for site_id, k in sorted(Counter(r["site_id"] for r in rows).items()):
-                    s.execute(update(Site).where(Site.id == site_id).values(n_queries=Site.n_queries + k))
+            self._commit(rows)
         except Exception as exc:
-            log.exception("query log commit of %d rows failed", len(rows))
-            for _, fut in batch:
-                fut.set_exception(exc)
+            if len(batch) == 1:
+                log.exception("query log commit of %d rows failed", len(rows))
+                batch[0][1].set_exception(exc)
+                return
+            # One bad request must not fail the others that shared its transaction: commit each on its own.
+            log.warning(
+                "query log group commit of %d rows failed; committing its %d requests one by one", len(rows), len(batch)
+            )
+            for item in batch:
+                self._write([item])
             return
+        COMMIT_SECONDS.observe(time.perf_counter() - t0)
+        ROWS_PER_COMMIT.observe(len(rows))
         self.commits += 1
         self.rows_written += len(rows)
         for _, fut in batch:
             fut.set_result(None)
+
+    def _commit(self, rows: list[dict[str, Any]]) -> None:
+        with self._db.session() as s:
+            s.execute(insert(Query), rows)
+            # Sorted: writers in several processes lock site rows in one order, so they cannot deadlock.
+            for site_id, k in sorted(Counter(r["site_id"] for r in rows).items()):
+                s.execute(update(Site).where(Site.id == site_id).values(n_queries=Site.n_queries + k))
