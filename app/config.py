@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 
 class Settings(BaseSettings):
@@ -89,6 +90,17 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'siteloc.db').resolve()}"
+
+    def embedded_worker_lock_path(self) -> Path | None:
+        """The file whose lock elects the one embedded process that runs jobs (several `--workers` share the
+        database): next to the SQLite file, else in the data dir. None for an in-memory database."""
+        url = make_url(self.resolved_database_url)
+        if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:":
+                return None
+            return Path(url.database).with_name(Path(url.database).name + ".worker-lock")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir / "embedded-worker.lock"
 
     @property
     def visibility_timeout_s(self) -> int:

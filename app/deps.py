@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -14,7 +15,9 @@ from app.security import Principal
 from app.services.sites import get_site
 
 
-def get_runtime(request: Request) -> Runtime:
+# The dependencies of /locate are `async def` that never block: a plain `def` dependency costs every request
+# a hop through the thread pool.
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
@@ -31,12 +34,15 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(rt: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return rt.auth.authenticate(authorization)
+async def get_principal(rt: RuntimeDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    principal = rt.auth.authenticate_cached(authorization)
+    if principal is None:  # not cached: a database lookup, off the event loop
+        principal = await asyncio.to_thread(rt.auth.authenticate, authorization)
+    return principal
 
 
-def _role(*roles: str) -> Callable[[Principal], Principal]:
-    def dep(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+def _role(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def dep(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         principal.require_role(*roles)
         return principal
 

@@ -40,12 +40,19 @@ class Runtime:
         self.auth = KeyAuthenticator(self.db, bootstrap_key=bootstrap, ttl_s=settings.key_cache_seconds)
         self.job_context = JobContext(db=self.db, settings=settings, device=self.device, notifier=self.notifier)
         self.dispatcher: Dispatcher = (
-            EmbeddedWorker(self.job_context) if settings.embedded else CeleryDispatcher(settings)
+            EmbeddedWorker(self.job_context, lock_path=settings.embedded_worker_lock_path())
+            if settings.embedded
+            else CeleryDispatcher(settings)
         )
         self.locator = Locator(settings=settings, models=self.models, writer=self.writer)
         # Full mode schedules with Celery beat; embedded mode with a thread running the same check.
         self.scheduler = (
-            EmbeddedScheduler(self.job_context, self.dispatcher, settings.cotrain_check_seconds)
+            EmbeddedScheduler(
+                self.job_context,
+                self.dispatcher,
+                settings.cotrain_check_seconds,
+                primary=self.dispatcher.primary if isinstance(self.dispatcher, EmbeddedWorker) else None,
+            )
             if settings.embedded
             else None
         )

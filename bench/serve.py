@@ -24,9 +24,17 @@ def free_port() -> int:
 
 
 class Server:
-    """`siteloc serve` in a subprocess (embedded mode in a temporary data dir unless env says otherwise)."""
+    """`siteloc serve` in a subprocess (embedded mode in a temporary data dir unless env says otherwise), or with
+    `ceiling` the bare FastAPI app of `bench.ceiling_app`."""
 
-    def __init__(self, *, env: dict[str, str] | None = None, data_dir: Path | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        workers: int = 1,
+        ceiling: bool = False,
+    ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="siteloc-bench-")
         self.data_dir = data_dir or Path(self._tmp.name)
         self.port = free_port()
@@ -35,8 +43,12 @@ class Server:
         full_env = {**os.environ, "SITELOC_DATA_DIR": str(self.data_dir), "SITELOC_BOOTSTRAP_ADMIN_KEY": self.admin_key}
         full_env.update(env or {})
         self._log: IO[bytes] = open(self.data_dir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers)]
+        if ceiling:  # the bare FastAPI app of bench.ceiling_app, same process count
+            cmd = [sys.executable, "-m", "uvicorn", "bench.ceiling_app:app", "--port", str(self.port)]
+            cmd += ["--workers", str(workers), "--log-level", "warning", "--no-access-log"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
+            cmd,
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

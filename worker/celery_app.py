@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from app.config import Settings, get_settings
-from worker.names import SCHEDULE_TASK
+from worker.names import RETENTION_TASK, SCHEDULE_TASK
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -29,6 +29,8 @@ def make_celery(settings: Settings) -> Celery:
         # Start the co-training updates that are due (enough new queries), every cotrain_check_seconds.
         beat_schedule={
             "schedule-cotrain": {"task": SCHEDULE_TASK, "schedule": settings.cotrain_check_seconds},
+            # Delete queries past SITELOC_QUERY_RETENTION_DAYS (a no-op when unset).
+            "query-retention": {"task": RETENTION_TASK, "schedule": settings.cotrain_check_seconds},
         },
     )
     return app

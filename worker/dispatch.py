@@ -3,10 +3,12 @@ scheduler (embedded mode). The composition root (app.runtime) picks one."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import queue
 import threading
-from typing import Protocol
+from pathlib import Path
+from typing import IO, Protocol
 
 from sqlalchemy import select
 
@@ -14,6 +16,7 @@ from app.config import Settings
 from app.models import Job
 from app.services.cotrain import schedule_due_updates
 from app.services.jobs import JobContext
+from app.services.retention import delete_expired_queries
 from app.services.runner import execute_job
 from worker.names import RUN_JOB_TASK
 
@@ -47,44 +50,93 @@ class CeleryDispatcher:
 class EmbeddedWorker:
     """Embedded mode: one background thread runs jobs with the same code as the Celery task.
 
-    Requests never wait for training. Jobs left queued or running by a previous
-    process (killed mid-job) are picked up again at start.
+    Requests never wait for training. Several API processes may share one SQLite file (`siteloc serve
+    --workers N`): exactly one of them, the holder of an exclusive lock on `lock_path`, runs jobs. It
+    takes jobs enqueued in its own process at once and, every `poll_s`, the jobs other processes
+    committed as queued (their `enqueue` only records the job, already committed, for the holder to
+    find). Jobs left queued or running by a previous holder (killed mid-job) are picked up again when
+    the lock is taken; if the holder dies, another process takes the lock over.
     """
 
     _STOP = "__stop__"
 
-    def __init__(self, ctx: JobContext) -> None:
+    def __init__(self, ctx: JobContext, *, lock_path: Path | None = None, poll_s: float = 1.0) -> None:
         self._ctx = ctx
         self._queue: queue.Queue[str] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="siteloc-embedded-worker", daemon=True)
         self._started = False
+        self._lock_path = lock_path
+        self._lock_file: IO[bytes] | None = None
+        self._poll_s = poll_s
+        self._known: set[str] = set()  # job ids this process has queued (never run one twice)
+        self._known_lock = threading.Lock()
+        self.primary = threading.Event()  # set while this process is the one running jobs
+        self._stopping = threading.Event()
 
     def enqueue(self, job_id: str) -> None:
-        self._queue.put(job_id)
+        if self.primary.is_set():
+            self._put(job_id)
+        # else: the job row is committed as queued; the process running jobs polls for it
 
     def start(self) -> None:
         if self._started:
             return
         self._started = True
-        with self._ctx.db.session() as s:
-            pending = list(
-                s.scalars(select(Job.id).where(Job.state.in_(("queued", "running"))).order_by(Job.created_at))
-            )
-        for job_id in pending:
-            self._queue.put(job_id)
         self._thread.start()
 
     def stop(self) -> None:
         if self._started:
+            self._stopping.set()
             self._queue.put(self._STOP)
             self._thread.join(timeout=30)
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
 
     def idle(self) -> bool:
         return self._queue.unfinished_tasks == 0
 
+    def _put(self, job_id: str) -> None:
+        with self._known_lock:
+            if job_id in self._known:
+                return
+            self._known.add(job_id)
+        self._queue.put(job_id)
+
+    def _try_lock(self) -> bool:
+        if self._lock_path is None:
+            return True
+        f = open(self._lock_path, "ab")  # noqa: SIM115 - held open for the life of the process
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            return False
+        self._lock_file = f
+        return True
+
+    def _pending(self, states: tuple[str, ...]) -> list[str]:
+        with self._ctx.db.session() as s:
+            return list(s.scalars(select(Job.id).where(Job.state.in_(states)).order_by(Job.created_at)))
+
     def _run(self) -> None:
+        while not self.primary.is_set():  # another process runs jobs; take over if it goes away
+            if self._try_lock():
+                self.primary.set()
+                break
+            if self._stopping.wait(self._poll_s * 5):
+                return
+        for job_id in self._pending(("queued", "running")):
+            self._put(job_id)
         while True:
-            job_id = self._queue.get()
+            try:
+                job_id = self._queue.get(timeout=self._poll_s)
+            except queue.Empty:
+                try:
+                    for jid in self._pending(("queued",)):  # committed by another API process
+                        self._put(jid)
+                except Exception:
+                    log.warning("embedded worker: polling for queued jobs failed", exc_info=True)
+                continue
             try:
                 if job_id == self._STOP:
                     return
@@ -96,11 +148,15 @@ class EmbeddedWorker:
 
 
 class EmbeddedScheduler:
-    """Embedded mode's stand-in for Celery beat: every `every_s`, start the co-training updates that are due."""
+    """Embedded mode's stand-in for Celery beat: every `every_s`, start the co-training updates that are due and
+    apply the query-log retention."""
 
-    def __init__(self, ctx: JobContext, dispatcher: Dispatcher, every_s: float) -> None:
+    def __init__(
+        self, ctx: JobContext, dispatcher: Dispatcher, every_s: float, primary: threading.Event | None = None
+    ) -> None:
         self._ctx = ctx
         self._dispatcher = dispatcher
+        self._primary = primary  # with several API processes, only the one running jobs schedules them
         self._every = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="siteloc-scheduler", daemon=True)
@@ -115,6 +171,8 @@ class EmbeddedScheduler:
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
+            if self._primary is not None and not self._primary.is_set():
+                continue
             try:
                 with self._ctx.db.session() as s:
                     created = schedule_due_updates(s, settings=self._ctx.settings)
@@ -122,3 +180,7 @@ class EmbeddedScheduler:
                     self._dispatcher.enqueue(job_id)
             except Exception:
                 log.exception("scheduling co-training updates failed; retrying next round")
+            try:
+                delete_expired_queries(self._ctx.db, retention_days=self._ctx.settings.query_retention_days)
+            except Exception:
+                log.exception("query retention failed; retrying next round")

@@ -2,3 +2,4 @@
 
 RUN_JOB_TASK = "siteloc.run_job"
 SCHEDULE_TASK = "siteloc.schedule_cotrain"
+RETENTION_TASK = "siteloc.query_retention"

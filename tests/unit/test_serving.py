@@ -284,3 +284,31 @@ def test_a_bad_row_fails_only_its_own_request(db: Database) -> None:
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Query)) == 7
         assert s.get(Site, "s1").n_queries == 7  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_retention_deletes_old_queries_but_not_the_pool_of_a_pending_update(db: Database) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from app.models import Job
+    from app.services.retention import cutoff_id, delete_expired_queries
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    old, new = cutoff_id(now - timedelta(days=40)), cutoff_id(now - timedelta(days=1))
+    with db.session() as s:
+        s.add_all([Site(id="a", name="a", n_queries=3), Site(id="b", name="b", n_queries=3)])
+        s.flush()
+        s.add(Job(id="j1", kind="cotrain", site_id="b", state="queued", params={}))
+        s.flush()
+        for site in ("a", "b"):
+            for i, (prefix, used) in enumerate(((old, None), (old, "j0"), (new, None))):
+                row = {**_row(site, i), "id": prefix[:16] + f"{i:02d}{site}".ljust(16, "0"), "used_by_job": used}
+                s.add(Query(**row))
+    assert delete_expired_queries(db, retention_days=None, now=now) == 0
+    assert delete_expired_queries(db, retention_days=30, now=now, chunk=1) == 3
+    with db.session() as s:
+        left = {(q.site_id, q.id[:16] == new[:16], q.used_by_job) for q in s.scalars(select(Query))}
+        assert left == {("a", True, None), ("b", True, None), ("b", False, None)}  # b's unused old row stays
+        assert s.get(Site, "a").n_queries == 1 and s.get(Site, "b").n_queries == 2  # type: ignore[union-attr]
