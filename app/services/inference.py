@@ -14,6 +14,8 @@ already replaced, from a one-off thread), never on the event loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -54,7 +56,35 @@ _STOP = object()
 @dataclass
 class _Item:
     batch: QueryBatch
-    future: Future[Prediction]
+    future: Future[Prediction] | asyncio.Future[Prediction]
+    loop: asyncio.AbstractEventLoop | None = None  # set for an asyncio future: settled on its loop
+
+
+def settle(results: list[tuple[Any, asyncio.AbstractEventLoop | None, Any, BaseException | None]]) -> None:
+    """Resolve futures from a worker thread: concurrent ones at once, asyncio ones with one
+    `call_soon_threadsafe` per event loop for the whole batch (one wake-up, not one per request)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, BaseException | None]]] = {}
+    for fut, loop, value, exc in results:
+        if loop is None:
+            if exc is None:
+                fut.set_result(value)
+            else:
+                fut.set_exception(exc)
+        else:
+            by_loop.setdefault(loop, []).append((fut, value, exc))
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop (shutdown): nobody awaits these any more
+            loop.call_soon_threadsafe(_settle_on_loop, items)
+
+
+def _settle_on_loop(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, value, exc in items:
+        if fut.done():  # cancelled: the client went away
+            continue
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)
 
 
 class BatchExecutor:
@@ -75,15 +105,25 @@ class BatchExecutor:
     def submit(self, batch: QueryBatch) -> Future[Prediction]:
         """Queue the rows; the future resolves to their `Prediction` (rows in order)."""
         item = _Item(batch, Future())
+        self._enqueue(item)
+        return item.future  # type: ignore[return-value]
+
+    async def predict(self, batch: QueryBatch) -> Prediction:
+        """`submit` for a coroutine: awaits the rows' `Prediction` without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        item = _Item(batch, loop.create_future(), loop)
+        self._enqueue(item)
+        return await item.future
+
+    def _enqueue(self, item: _Item) -> None:
         with self._lock:
             if self._closed:  # replaced or evicted after the request picked it up: answer it anyway
                 threading.Thread(target=self._answer, args=([item],), daemon=True).start()
-                return item.future
+                return
             if self._thread is None:  # started on first use: a cached model nobody queries costs no thread
                 self._thread = threading.Thread(target=self._run, name=f"siteloc-infer-{self._label}", daemon=True)
                 self._thread.start()
             self._queue.put(item)
-        return item.future
 
     def close(self) -> None:
         """Answer what is queued, then stop the thread (later submits still get an answer)."""
@@ -120,7 +160,7 @@ class BatchExecutor:
                 return
 
     def _answer(self, items: list[_Item]) -> None:
-        live = [it for it in items if it.future.set_running_or_notify_cancel()]
+        live = [it for it in items if it.loop is not None or it.future.set_running_or_notify_cancel()]  # type: ignore[union-attr]
         if not live:
             return
         try:
@@ -131,28 +171,27 @@ class BatchExecutor:
             BATCH_ROWS.labels(self._label).observe(len(merged))
         except Exception as exc:
             if len(live) > 1:  # one bad query must not fail the others it was batched with
-                for it in live:
-                    self._answer_alone(it)
+                settle([self._answer_alone(it) for it in live])
                 return
             log.exception("%s predict failed", self._label)
-            live[0].future.set_exception(exc)
+            settle([(live[0].future, live[0].loop, None, exc)])
             return
         self.calls += 1
         self.rows += len(merged)
+        results = []
         lo = 0
         for it in live:
             hi = lo + len(it.batch)
-            it.future.set_result(_slice(pred, lo, hi))
+            results.append((it.future, it.loop, _slice(pred, lo, hi), None))
             lo = hi
+        settle(results)
 
-    def _answer_alone(self, item: _Item) -> None:
+    def _answer_alone(self, item: _Item) -> tuple[Any, asyncio.AbstractEventLoop | None, Any, BaseException | None]:
         try:
-            pred = self._model.predict(item.batch)
+            return item.future, item.loop, self._model.predict(item.batch), None
         except Exception as exc:
             log.exception("%s predict failed", self._label)
-            item.future.set_exception(exc)
-            return
-        item.future.set_result(pred)
+            return item.future, item.loop, None, exc
 
 
 def _concat(batches: list[QueryBatch]) -> QueryBatch:

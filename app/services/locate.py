@@ -55,7 +55,7 @@ class Locator:
         preds = await self._infer(prepared)
         outs, rows = self._answers(prepared, preds)
         try:
-            await asyncio.wrap_future(self._writer.submit(rows))
+            await self._writer.write(rows)
         except Exception as exc:
             raise Unavailable("the query could not be stored, so no answer is given; retry shortly") from exc
         return outs
@@ -184,8 +184,8 @@ class Locator:
                 sensors=[prepared[i].sensors for i in idxs],
                 device=[prepared[i].query.device for i in idxs],
             )
-            futures.append(asyncio.wrap_future(prepared[idxs[0]].model.executor.submit(batch)))
-        preds = await asyncio.gather(*futures)
+            futures.append(prepared[idxs[0]].model.executor.predict(batch))
+        preds = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         out: list[tuple[Prediction, int] | None] = [None] * len(prepared)
         for idxs, pred in zip(by_model.values(), preds, strict=True):
             for k, i in enumerate(idxs):
