@@ -118,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             ceiling = Server(workers=args.workers, ceiling=True)
             try:
                 for load in loads:
+                    cpu0 = ceiling.tree_cpu_s()
                     wrk = _run_wrk(ceiling, bodies[load], args.connections, args.duration, args.threads, tmp)
+                    cpu = ceiling.tree_cpu_s() - cpu0
                     results[load]["ceiling"] = {k: wrk[k] for k in ("requests_per_s", "latency_ms", "non_2xx")}
+                    results[load]["ceiling"]["server_cpu_ms_per_request"] = round(
+                        1000 * cpu / max(wrk["requests"], 1), 3
+                    )
+                    results[load]["ceiling"]["requests_per_cpu_second"] = round(wrk["requests"] / max(cpu, 1e-9), 1)
                     results[load]["ceiling"]["server_rss_mib"] = round(ceiling.tree_rss_mib(), 1)
                     results[load]["ratio_to_ceiling"] = round(
                         results[load]["requests_per_s"] / wrk["requests_per_s"], 3
@@ -274,7 +280,9 @@ def _measure(
     before = _queries(server, sites)
     single = _run_wrk(server, bodies, 1, args.single_duration, 1, tmp)
     load_before = os.getloadavg()[0]
+    cpu0 = server.tree_cpu_s()
     wrk = _run_wrk(server, bodies, args.connections, args.duration, args.threads, tmp)
+    cpu = server.tree_cpu_s() - cpu0
     rss = server.tree_rss_mib()
     time.sleep(1.0)
     stored = _queries(server, sites) - before
@@ -290,6 +298,8 @@ def _measure(
         "stored": stored,
         "every_200_stored": stored >= answered,
         "server_rss_mib": round(rss, 1),
+        "server_cpu_ms_per_request": round(1000 * cpu / max(wrk["requests"], 1), 3),
+        "requests_per_cpu_second": round(wrk["requests"] / max(cpu, 1e-9), 1),
         "one_connection": {"requests_per_s": single["requests_per_s"], "latency_ms": single["latency_ms"]},
         "load_average_1m_before": round(load_before, 2),
         "wrk_output": wrk["wrk_output"],

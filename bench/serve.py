@@ -74,6 +74,30 @@ class Server:
         fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M))
         return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
 
+    def _tree_pids(self) -> list[int]:
+        pids = [self.proc.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def tree_cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the server and its child processes: on a shared host,
+        CPU per request is the figure that does not depend on how much of the machine others take."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self._tree_pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / tick
+
     def tree_rss_mib(self) -> float:
         """Resident memory of the server and its child processes (uvicorn workers), MiB."""
         pids = [self.proc.pid]
