@@ -464,6 +464,19 @@ def mtloc_wipe(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def wknn_query(rows: list[dict[str, Any]]) -> list[str]:
+    """`bench.wknn_query`: CPU ms per query, inverted index against the dense reference, per batch size."""
+    head = ["batch", "inverted index (CPU ms / query)", "dense reference", "speed-up", "same floors", "command"]
+    out = [_row(head), _row(["--:", "--:", "--:", "--:", "---", "---"])]
+    for d in rows:
+        for name, r in (d.get("cpu_ms_per_query") or {}).items():
+            new, old = r.get("inverted_index"), r.get("dense")
+            speed = old / new if new and old else None
+            same = "yes" if d.get("same_floors") else "no"
+            out.append(_row([name.removeprefix("batch_"), _f(new, 3), _f(old, 3), _f(speed, 1), same, _cmd(d)]))
+    return out
+
+
 KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "mtloc_goal": mtloc_goal,
     "mtloc_fractions": mtloc_fractions,
@@ -474,6 +487,7 @@ KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "detect": detect,
     "import": imports,
     "load": load,
+    "wknn_query": wknn_query,
 }
 
 

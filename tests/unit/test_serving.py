@@ -20,12 +20,13 @@ from app.services.inference import BatchExecutor
 from app.services.notify import LocalNotifier
 from app.services.querylog import QueryWriter
 from app.services.registry import ModelCache, activate, publish_version
+from bench.wknn_query import reference_of
 from ml.data.features import FingerprintSet, build_set
 from ml.data.ujiindoorloc import read_ujiindoorloc
 from ml.models.base import QueryBatch
 from ml.models.fpnets import NetShape, SiteLabels, build_net
 from ml.models.fptrain import mc_spread
-from ml.models.wknn import WKNN, SparseIndex, SparseRows, represent
+from ml.models.wknn import WKNN
 from ml.seed import seeded
 from ml.serialize import dumps
 
@@ -47,31 +48,6 @@ def wknn(uji: tuple[FingerprintSet, FingerprintSet]) -> WKNN:
 # ---------------------------------------------------------------- wknn: inverted index vs the old dense path
 
 
-class _DenseReferenceIndex(SparseIndex):
-    """The query path before the inverted index: a dense AP-major matrix, one query at a time."""
-
-    def __init__(self, rows: SparseRows, n_cols: int, p, min_rss: float) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(rows, n_cols, p, min_rss)
-        values = represent(rows.rss, p, min_rss)
-        self.by_ap = np.zeros((n_cols, self.n), dtype=np.float32)
-        self.by_ap[rows.cols, rows.row_ids()] = values
-
-    def overlap(self, q, qvals, need_min=True, need_dot=True):  # type: ignore[no-untyped-def]
-        b = len(q)
-        mins = np.zeros((b, self.n) if need_min else (0, self.n), dtype=np.float64)
-        dots = np.zeros((b, self.n) if need_dot else (0, self.n), dtype=np.float64)
-        v32 = qvals.astype(np.float32)
-        for i in range(b):
-            lo, hi = q.indptr[i], q.indptr[i + 1]
-            block = self.by_ap[q.cols[lo:hi]]
-            v = v32[lo:hi, None]
-            if need_min:
-                mins[i] = np.minimum(block, v).sum(axis=0, dtype=np.float64)
-            if need_dot:
-                dots[i] = np.multiply(block, v, out=block).sum(axis=0, dtype=np.float64)
-        return mins, dots
-
-
 @pytest.mark.parametrize("distance", ["sorensen", "manhattan", "euclidean", "cosine"])
 def test_wknn_inverted_index_answers_like_the_dense_reference(
     uji: tuple[FingerprintSet, FingerprintSet], wknn: WKNN, distance: str
@@ -80,9 +56,7 @@ def test_wknn_inverted_index_answers_like_the_dense_reference(
     model = WKNN(
         wknn.aps, replace(wknn.params, distance=distance), wknn.min_rss, wknn.survey, wknn.groups, wknn.calibration
     )
-    reference = WKNN(model.aps, model.params, model.min_rss, model.survey, model.groups, model.calibration)
-    m = reference.matcher
-    m.index = _DenseReferenceIndex(m.survey.rows, m.survey.n_cols, m.p, m.min_rss)
+    reference = reference_of(model)  # the dense per-query path the inverted index replaced
     batch = QueryBatch.from_set(test)
     got, want = model.predict(batch), reference.predict(batch)
     assert list(got.floor) == list(want.floor) and list(got.building) == list(want.building)
