@@ -286,3 +286,44 @@ def test_retention_deletes_old_queries_but_not_the_pool_of_a_pending_update(db: 
         left = {(q.site_id, q.id[:16] == new[:16], q.used_by_job) for q in s.scalars(select(Query))}
         assert left == {("a", True, None), ("b", True, None), ("b", False, None)}  # b's unused old row stays
         assert s.get(Site, "a").n_queries == 1 and s.get(Site, "b").n_queries == 2  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- embedded mode on several processes
+
+
+def test_one_embedded_worker_runs_jobs_and_another_takes_over(db: Database, tmp_path: Path) -> None:
+    """Two API processes over one SQLite file: the holder of the lock runs every job, whichever process accepted
+    it; when it stops, the other takes the lock and the jobs over. (flock conflicts between two open files in one
+    process as between processes, so two workers here stand for two processes.)"""
+    import time
+
+    from app.config import Settings
+    from app.models import Job
+    from app.services.jobs import JobContext, create_job
+    from worker.dispatch import EmbeddedWorker
+
+    ctx = JobContext(db=db, settings=Settings(data_dir=tmp_path), device="cpu", notifier=LocalNotifier())
+    lock = tmp_path / "siteloc.db.worker-lock"
+    first, second = (EmbeddedWorker(ctx, lock_path=lock, poll_s=0.1) for _ in range(2))
+    first.start()
+    assert first.primary.wait(10)
+    second.start()
+
+    def run_via(worker: EmbeddedWorker) -> str:
+        with db.session() as s:
+            job_id = create_job(s, kind="no-such-kind", site_id=None, params={}).id  # fails fast, but it ran
+        worker.enqueue(job_id)
+        for _ in range(300):
+            with db.session() as s:
+                state = s.get(Job, job_id).state  # type: ignore[union-attr]
+            if state != "queued":
+                return state
+            time.sleep(0.05)
+        return "queued"
+
+    assert run_via(second) == "failed"  # accepted by the non-holder, run by the holder
+    assert not second.primary.is_set()
+    first.stop()
+    assert second.primary.wait(10)  # took over
+    assert run_via(second) == "failed"
+    second.stop()
