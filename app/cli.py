@@ -55,11 +55,8 @@ def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
     from app.main import create_app
 
     if workers > 1:
-        if settings.embedded:
-            raise click.UsageError(
-                "--workers > 1 needs full mode (SITELOC_REDIS_URL and PostgreSQL): the embedded "
-                "worker must run in exactly one process"
-            )
+        # Embedded mode too: the processes share the SQLite file (WAL) and elect one of them to run jobs
+        # (worker.dispatch.EmbeddedWorker); each stores its answers before returning them.
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
     else:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
@@ -68,7 +65,13 @@ def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes (full mode)")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=int,
+    help="API processes (uvicorn workers; embedded mode: sharing the SQLite file)",
+)
 @click.option(
     "--migrate/--no-migrate",
     default=None,

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 
 class Settings(BaseSettings):
@@ -53,6 +54,16 @@ class Settings(BaseSettings):
     # Query log group commit: many /locate requests share one transaction.
     query_commit_max_rows: int = Field(default=2000, ge=1)
     query_commit_max_wait_ms: float = Field(default=2.0, ge=0)
+
+    # Batched inference: one executor per loaded model gathers concurrent /locate queries for at most
+    # this long / this many rows and answers them with one predict call.
+    inference_max_batch: int = Field(default=64, ge=1)
+    inference_max_wait_ms: float = Field(default=1.0, ge=0)
+    # Loaded models per API process are bounded by this (least recently used evicted, reloaded on demand).
+    model_cache_mb: int = Field(default=2048, ge=1)
+    # Stored queries older than this are deleted (unset: kept forever), except those a pending or running
+    # co-training update may still read.
+    query_retention_days: float | None = Field(default=None, gt=0)
 
     # How often an API process checks for model activations made elsewhere (also the fallback
     # when the Redis notice is missed).
@@ -108,6 +119,17 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'siteloc.db').resolve()}"
+
+    def embedded_worker_lock_path(self) -> Path | None:
+        """The file whose lock elects the one embedded process that runs jobs (several `--workers` share the
+        database): next to the SQLite file, else in the data dir. None for an in-memory database."""
+        url = make_url(self.resolved_database_url)
+        if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:":
+                return None
+            return Path(url.database).with_name(Path(url.database).name + ".worker-lock")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir / "embedded-worker.lock"
 
     @property
     def visibility_timeout_s(self) -> int:

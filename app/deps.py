@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -15,7 +16,9 @@ from app.security import Principal
 from app.services.sites import get_site
 
 
-def get_runtime(request: Request) -> Runtime:
+# The dependencies of /locate are `async def` that never block: a plain `def` dependency costs every request
+# a hop through the thread pool.
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
@@ -32,10 +35,14 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_principal(rt: RuntimeDep, request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+async def get_principal(
+    rt: RuntimeDep, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
     """The key's principal, within its role's rate limit (429); failed attempts are limited per client address."""
     try:
-        principal = rt.auth.authenticate(authorization)
+        principal = rt.auth.authenticate_cached(authorization)
+        if principal is None:  # not cached: a database lookup, off the event loop
+            principal = await asyncio.to_thread(rt.auth.authenticate, authorization)
     except Unauthorized:
         rt.limiter.check("auth_failures", request.client.host if request.client else "unknown")
         raise
@@ -43,8 +50,8 @@ def get_principal(rt: RuntimeDep, request: Request, authorization: Annotated[str
     return principal
 
 
-def _role(*roles: str) -> Callable[[Principal], Principal]:
-    def dep(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+def _role(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def dep(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         principal.require_role(*roles)
         return principal
 

@@ -15,7 +15,7 @@ from app.config import Settings, get_settings
 from app.errors import ErrorOut, install_handlers
 from app.middleware import BodyLimit, Metrics
 from app.runtime import Runtime
-from app.schemas.api import SurveyIn
+from app.schemas.api import LocateBatchIn, LocateIn, SurveyIn
 
 DESCRIPTION = """Self-hosted indoor localization. POST a WiFi scan (and optionally a sensor window) to `/locate`
 and get x, y (metres, the site's frame), floor and an error estimate. Auth: `Authorization: Bearer <key>`;
@@ -62,11 +62,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    # The survey route reads its body by Content-Type itself; publish the JSON body's schema too.
-    survey = SurveyIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    # The survey route reads its body by Content-Type itself, the locate routes validate theirs straight from
+    # the JSON bytes; publish those JSON bodies' schemas too.
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.update(survey.pop("$defs", {}))
-    components["SurveyIn"] = survey
+    for model in (SurveyIn, LocateIn, LocateBatchIn):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
     _document_errors(schema)
     app.openapi_schema = schema
     return schema

@@ -25,7 +25,14 @@ class Runtime:
         self.device = settings.torch_device()
         self.notifier = make_notifier(settings.redis_url)
         self.models = ModelCache(
-            self.db, device=self.device, refresh_s=settings.model_refresh_seconds, notifier=self.notifier
+            self.db,
+            device=self.device,
+            refresh_s=settings.model_refresh_seconds,
+            notifier=self.notifier,
+            max_bytes=settings.model_cache_mb * 1024 * 1024,
+            negative_ttl_s=min(2.0, settings.model_refresh_seconds),
+            batch_rows=settings.inference_max_batch,
+            batch_wait_ms=settings.inference_max_wait_ms,
         )
         self.writer = QueryWriter(
             self.db, max_rows=settings.query_commit_max_rows, max_wait_ms=settings.query_commit_max_wait_ms
@@ -35,13 +42,19 @@ class Runtime:
         self.auth = KeyAuthenticator(self.db, bootstrap_key=bootstrap, ttl_s=settings.key_cache_seconds)
         self.job_context = JobContext(db=self.db, settings=settings, device=self.device, notifier=self.notifier)
         self.dispatcher: Dispatcher = (
-            EmbeddedWorker(self.job_context) if settings.embedded else CeleryDispatcher(settings)
+            EmbeddedWorker(self.job_context, lock_path=settings.embedded_worker_lock_path())
+            if settings.embedded
+            else CeleryDispatcher(settings)
         )
         self.locator = Locator(settings=settings, models=self.models, writer=self.writer)
         # Full mode schedules with Celery beat; embedded mode with a thread running the same check.
         # Full mode also sweeps dead workers' jobs from each API process (cotrain=False: beat schedules updates).
         self.scheduler = EmbeddedScheduler(
-            self.job_context, self.dispatcher, settings.cotrain_check_seconds, cotrain=settings.embedded
+            self.job_context,
+            self.dispatcher,
+            settings.cotrain_check_seconds,
+            cotrain=settings.embedded,
+            primary=self.dispatcher.primary if isinstance(self.dispatcher, EmbeddedWorker) else None,
         )
 
     def start(self) -> None:

@@ -222,41 +222,70 @@ def imports(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def load(rows: list[dict[str, Any]]) -> list[str]:
+    """`bench.locate_load` results: one row per load, siteloc beside the framework ceiling of the same run."""
     head = [
         "mode",
         "API processes",
-        "connections",
+        "load",
         "requests/s",
         "p50 (ms)",
         "p90",
         "p99",
-        "non-2xx",
         "answered 200 / stored",
-        "sequential p50 / p95 (ms)",
+        "server RSS (MiB)",
+        "1 connection p50 / p99 (ms)",
+        "ceiling requests/s",
+        "ceiling p99 (ms)",
+        "ratio",
+        "server CPU ms / request (siteloc / ceiling)",
         "load avg",
         "command",
     ]
-    out = [_row(head), _row(["---", "--:", "--:", "--:", "--:", "--:", "--:", "--:", "---", "---", "--:", "---"])]
+    align = [
+        "---",
+        "--:",
+        "---",
+        "--:",
+        "--:",
+        "--:",
+        "--:",
+        "---",
+        "--:",
+        "---",
+        "--:",
+        "--:",
+        "--:",
+        "---",
+        "--:",
+        "---",
+    ]
+    out = [_row(head), _row(align)]
     for d in rows:
-        lat, seq = d.get("latency_ms") or {}, d.get("sequential_latency_ms") or {}
-        out.append(
-            _row(
-                [
-                    d.get("mode", "?"),
-                    _n(d.get("workers")),
-                    _n(d.get("connections")),
-                    _n(d.get("requests_per_s")),
-                    _f(lat.get("p50"), 1),
-                    _f(lat.get("p90"), 1),
-                    _f(lat.get("p99"), 1),
-                    _n(d.get("non_2xx")),
-                    f"{_n(d.get('ok_responses'))} / {_n(d.get('queries_stored_during_load'))}",
-                    f"{_f(seq.get('p50'), 1)} / {_f(seq.get('p95'), 1)}",
-                    _f(d.get("load_average_1m")),
-                    _cmd(d),
-                ]
+        for name, r in (d.get("loads") or {}).items():
+            lat, one = r.get("latency_ms") or {}, (r.get("one_connection") or {}).get("latency_ms") or {}
+            ceil = r.get("ceiling") or {}
+            out.append(
+                _row(
+                    [
+                        d.get("mode", "?"),
+                        _n(d.get("workers")),
+                        name,
+                        _n(r.get("requests_per_s")),
+                        _f(lat.get("p50"), 1),
+                        _f(lat.get("p90"), 1),
+                        _f(lat.get("p99"), 1),
+                        f"{_n(r.get('answered_200'))} / {_n(r.get('stored'))}",
+                        _n(r.get("server_rss_mib")),
+                        f"{_f(one.get('p50'), 1)} / {_f(one.get('p99'), 1)}",
+                        _n(ceil.get("requests_per_s")),
+                        _f((ceil.get("latency_ms") or {}).get("p99"), 1),
+                        _f(r.get("ratio_to_ceiling")),
+                        f"{_f(r.get('server_cpu_ms_per_request'))} / {_f(ceil.get('server_cpu_ms_per_request'))}",
+                        _f(r.get("load_average_1m_before")),
+                        _cmd(d),
+                    ]
+                )
             )
-        )
     return out
 
 
@@ -435,6 +464,19 @@ def mtloc_wipe(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def wknn_query(rows: list[dict[str, Any]]) -> list[str]:
+    """`bench.wknn_query`: CPU ms per query, inverted index against the dense reference, per batch size."""
+    head = ["batch", "inverted index (CPU ms / query)", "dense reference", "speed-up", "same floors", "command"]
+    out = [_row(head), _row(["--:", "--:", "--:", "--:", "---", "---"])]
+    for d in rows:
+        for name, r in (d.get("cpu_ms_per_query") or {}).items():
+            new, old = r.get("inverted_index"), r.get("dense")
+            speed = old / new if new and old else None
+            same = "yes" if d.get("same_floors") else "no"
+            out.append(_row([name.removeprefix("batch_"), _f(new, 3), _f(old, 3), _f(speed, 1), same, _cmd(d)]))
+    return out
+
+
 KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "mtloc_goal": mtloc_goal,
     "mtloc_fractions": mtloc_fractions,
@@ -445,6 +487,7 @@ KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "detect": detect,
     "import": imports,
     "load": load,
+    "wknn_query": wknn_query,
 }
 
 

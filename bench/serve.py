@@ -24,9 +24,17 @@ def free_port() -> int:
 
 
 class Server:
-    """`siteloc serve` in a subprocess (embedded mode in a temporary data dir unless env says otherwise)."""
+    """`siteloc serve` in a subprocess (embedded mode in a temporary data dir unless env says otherwise), or with
+    `ceiling` the bare FastAPI app of `bench.ceiling_app`."""
 
-    def __init__(self, *, env: dict[str, str] | None = None, data_dir: Path | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+        workers: int = 1,
+        ceiling: bool = False,
+    ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="siteloc-bench-")
         self.data_dir = data_dir or Path(self._tmp.name)
         self.port = free_port()
@@ -35,8 +43,12 @@ class Server:
         full_env = {**os.environ, "SITELOC_DATA_DIR": str(self.data_dir), "SITELOC_BOOTSTRAP_ADMIN_KEY": self.admin_key}
         full_env.update(env or {})
         self._log: IO[bytes] = open(self.data_dir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers)]
+        if ceiling:  # the bare FastAPI app of bench.ceiling_app, same process count
+            cmd = [sys.executable, "-m", "uvicorn", "bench.ceiling_app:app", "--port", str(self.port)]
+            cmd += ["--workers", str(workers), "--log-level", "warning", "--no-access-log"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
+            cmd,
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -61,6 +73,30 @@ class Server:
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
         fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.M))
         return int(fields["VmRSS"]) / 1024, int(fields["VmHWM"]) / 1024
+
+    def _tree_pids(self) -> list[int]:
+        pids = [self.proc.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def tree_cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the server and its child processes: on a shared host,
+        CPU per request is the figure that does not depend on how much of the machine others take."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self._tree_pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / tick
 
     def tree_rss_mib(self) -> float:
         """Resident memory of the server and its child processes (uvicorn workers), MiB."""

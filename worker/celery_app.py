@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from app.config import Settings, get_settings
-from worker.names import SCHEDULE_TASK, SWEEP_TASK
+from worker.names import RETENTION_TASK, SCHEDULE_TASK, SWEEP_TASK
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -35,6 +35,8 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": settings.job_sweep_seconds,
                 "options": {"expires": settings.job_sweep_seconds},  # a sweep stuck behind a job is dropped
             },
+            # Delete queries past SITELOC_QUERY_RETENTION_DAYS (a no-op when unset).
+            "query-retention": {"task": RETENTION_TASK, "schedule": settings.cotrain_check_seconds},
         },
     )
     return app

@@ -3,3 +3,4 @@
 RUN_JOB_TASK = "siteloc.run_job"
 SCHEDULE_TASK = "siteloc.schedule_cotrain"
 SWEEP_TASK = "siteloc.sweep_jobs"
+RETENTION_TASK = "siteloc.query_retention"

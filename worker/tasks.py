@@ -15,9 +15,10 @@ from app.db import Database
 from app.services.cotrain import schedule_due_updates
 from app.services.jobs import JobContext, sweep_jobs
 from app.services.notify import make_notifier
+from app.services.retention import delete_expired_queries
 from app.services.runner import execute_job
 from worker.celery_app import celery_app
-from worker.names import RUN_JOB_TASK, SCHEDULE_TASK, SWEEP_TASK
+from worker.names import RETENTION_TASK, RUN_JOB_TASK, SCHEDULE_TASK, SWEEP_TASK
 
 log = logging.getLogger(__name__)
 _ctx: JobContext | None = None
@@ -72,3 +73,10 @@ def sweep() -> list[str]:
     for job_id in result.to_send:  # committed above
         celery_app.send_task(RUN_JOB_TASK, args=[job_id])
     return result.to_send
+
+
+@celery_app.task(name=RETENTION_TASK)
+def query_retention() -> int:
+    """Beat's periodic retention pass over the query log (SITELOC_QUERY_RETENTION_DAYS)."""
+    ctx = context()
+    return delete_expired_queries(ctx.db, retention_days=ctx.settings.query_retention_days)

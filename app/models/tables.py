@@ -143,7 +143,17 @@ class Query(Base):
     model_version: Mapped[int] = mapped_column(Integer)
     # Set by co-training to the job that consumed this query (queries are used once).
     used_by_job: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    __table_args__ = (Index("ix_queries_site_id_id", "site_id", "id"),)
+    __table_args__ = (
+        Index("ix_queries_site_id_id", "site_id", "id"),
+        # The co-training pool (migration 0002): only rows no update has used.
+        Index(
+            "ix_queries_unused_site_id_id",
+            "site_id",
+            "id",
+            postgresql_where=text("used_by_job IS NULL"),
+            sqlite_where=text("used_by_job IS NULL"),
+        ),
+    )
 
 
 class ModelVersion(Base):

@@ -67,28 +67,31 @@ class KeyAuthenticator:
         self._lock = threading.Lock()
 
     def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization:
-            raise Unauthorized("missing Authorization header (expected 'Bearer <key>')")
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("malformed Authorization header (expected 'Bearer <key>')")
-        if self._bootstrap and same_key(token, self._bootstrap):
-            return Principal(key_id=BOOTSTRAP_KEY_ID, role="admin", sites=None)
-        digest = hash_key(token)
-        now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            principal = hit[1]
-        else:
-            principal = self._lookup(digest)
-            with self._lock:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[digest] = (now + self._ttl, principal)
+        """The key's principal (blocking: may read the database)."""
+        principal = self.authenticate_cached(authorization)
+        if principal is not None:
+            return principal
+        digest = hash_key(_token(authorization))
+        principal = self._lookup(digest)
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (time.monotonic() + self._ttl, principal)
         if principal is None:
             raise Unauthorized("invalid or revoked API key")
         return principal
+
+    def authenticate_cached(self, authorization: str | None) -> Principal | None:
+        """The key's principal from memory alone (never blocks), or None when it must be looked up."""
+        token = _token(authorization)
+        if self._bootstrap and same_key(token, self._bootstrap):
+            return Principal(key_id=BOOTSTRAP_KEY_ID, role="admin", sites=None)
+        hit = self._cache.get(hash_key(token))
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        if hit[1] is None:
+            raise Unauthorized("invalid or revoked API key")
+        return hit[1]
 
     def forget(self) -> None:
         with self._lock:
@@ -100,3 +103,13 @@ class KeyAuthenticator:
             if key is None:
                 return None
             return Principal(key_id=key.id, role=key.role, sites=None if key.sites is None else frozenset(key.sites))
+
+
+def _token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("missing Authorization header (expected 'Bearer <key>')")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("malformed Authorization header (expected 'Bearer <key>')")
+    return token

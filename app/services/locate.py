@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -18,8 +18,8 @@ from app.services.ids import time_ordered_id
 from app.services.querylog import QueryWriter
 from app.services.registry import LoadedModel, ModelCache
 from app.services.storable import check_query_rows
-from ml.detect import detect_site
-from ml.models.base import QueryBatch
+from ml.detect import detect_site, score_sites
+from ml.models.base import Prediction, QueryBatch
 from ml.types import SensorData
 
 
@@ -41,27 +41,38 @@ class Locator:
     async def locate(self, queries: list[LocateIn], principal: Principal) -> list[dict[str, Any]]:
         """Answer every query, or none: any bad query fails the whole request before anything is stored.
 
-        Answers are plain dicts in the shape of `LocateOut` (the hot path skips a second validation)."""
+        Answers are plain dicts in the shape of `LocateOut` (the hot path skips a second validation).
+        The event loop only featurises and shapes answers: models are loaded in a worker thread and
+        `predict` runs on each model's batching executor (`inference.py`), shared with concurrent requests."""
         many = len(queries) > 1
-        prepared = [self._prepare(q, principal, f"queries[{i}]: " if many else "") for i, q in enumerate(queries)]
-        outs, rows = self._predict(prepared)
+        prepared = []
+        for i, q in enumerate(queries):
+            where = f"queries[{i}]: " if many else ""
+            self._check(q, where)
+            lm = self._cached_model(q, principal, where)
+            if lm is None:  # a cold site, or detection that needs a load or a tie-break: off the loop
+                lm = await asyncio.to_thread(self._model_for, q, principal, where)
+            prepared.append(self._prepare(q, lm, where))
+        preds = await self._infer(prepared)
+        outs, rows = self._answers(prepared, preds)
         check_query_rows(rows)  # issue 19: nothing answered is unstorable (a bad row would fail its whole commit)
         try:
-            await asyncio.wrap_future(self._writer.submit(rows))
+            await self._writer.write(rows)
         except Exception as exc:
             raise Unavailable("the query could not be stored, so no answer is given; retry shortly") from exc
         return outs
 
     # -- steps -----------------------------------------------------------------------------------
 
-    def _prepare(self, q: LocateIn, principal: Principal, where: str) -> _Prepared:
+    def _check(self, q: LocateIn, where: str) -> None:
         if len(q.wifi) > self._settings.max_aps_per_scan:
             raise Invalid(
                 f"{where}the scan lists {len(q.wifi)} access points; the limit is {self._settings.max_aps_per_scan}"
             )
         if not q.wifi and q.sensors is None:
             raise Invalid(f"{where}the query has neither a WiFi scan ('wifi') nor a sensor window ('sensors')")
-        lm = self._model_for(q, principal, where)
+
+    def _prepare(self, q: LocateIn, lm: LoadedModel, where: str) -> _Prepared:
         rss, age, known = self._row(q, lm)
         sensors = sensors_from_api(q.sensors.model_dump()) if q.sensors else None
         if known == 0 and not (sensors is not None and lm.model.trains_on == "windows"):
@@ -73,30 +84,59 @@ class Locator:
             )
         return _Prepared(model=lm, rss=rss, age=age, sensors=sensors, query=q)
 
+    def _cached_model(self, q: LocateIn, principal: Principal, where: str) -> LoadedModel | None:
+        """The model from memory alone (no database, no load, no distance computation), or None."""
+        if q.site_id is None:
+            candidates = self._candidates(q, principal, load=False)
+            if candidates is None:
+                return None
+            scores = score_sites((e.bssid for e in q.wifi), {sid: lm.ap_index for sid, lm in candidates.items()})
+            if not scores or scores[0].known < 1:
+                return None  # the slow path raises the 422 with the same rules
+            if len(scores) > 1 and scores[1].known == scores[0].known:
+                return None  # a tie: the nearest-fingerprint distances decide, off the loop
+            return candidates[scores[0].site]
+        principal.require_site(q.site_id)
+        lm = self._models.peek(q.site_id)
+        if lm is None and self._models.known_missing(q.site_id):
+            self._raise_missing(q.site_id, where)
+        return lm
+
     def _model_for(self, q: LocateIn, principal: Principal, where: str) -> LoadedModel:
+        """Blocking: may read the database and load a model."""
         if q.site_id is None:
             return self._detect(q, principal, where)
         principal.require_site(q.site_id)
         lm = self._models.get(q.site_id)
         if lm is None:
-            if self._models.site_known(q.site_id):
-                raise Conflict(
-                    f"{where}site {q.site_id!r} has no active model yet; "
-                    f"POST /sites/{q.site_id}/finetune and wait for the job"
-                )
-            raise NotFound(f"{where}site {q.site_id!r} not found")
+            self._raise_missing(q.site_id, where)
         return lm
 
-    def _detect(self, q: LocateIn, principal: Principal, where: str) -> LoadedModel:
-        """The site whose active model knows most of the scan's access points (ties: the nearest fingerprint)."""
+    def _raise_missing(self, site_id: str, where: str) -> NoReturn:
+        if self._models.site_known(site_id):
+            raise Conflict(
+                f"{where}site {site_id!r} has no active model yet; POST /sites/{site_id}/finetune and wait for the job"
+            )
+        raise NotFound(f"{where}site {site_id!r} not found")
+
+    def _candidates(self, q: LocateIn, principal: Principal, *, load: bool) -> dict[str, LoadedModel] | None:
+        """Sites (this key may use) knowing any AP of the scan, with their models; None when one is not
+        cached and `load` is False."""
         index = self._models.bssid_sites
         candidates: dict[str, LoadedModel] = {}
         for e in q.wifi:
             for sid in index.get(e.bssid, ()):
                 if sid not in candidates and principal.may_see_site(sid):
-                    lm = self._models.get(sid)
+                    lm = self._models.get(sid) if load else self._models.peek(sid)
                     if lm is not None:
                         candidates[sid] = lm
+                    elif not load:
+                        return None
+        return candidates
+
+    def _detect(self, q: LocateIn, principal: Principal, where: str) -> LoadedModel:
+        """The site whose active model knows most of the scan's access points (ties: the nearest fingerprint)."""
+        candidates = self._candidates(q, principal, load=True) or {}
 
         def distance(sid: str) -> float:
             lm = candidates[sid]
@@ -133,37 +173,49 @@ class Locator:
             age[j] = math.nan if e.age_ms is None else e.age_ms
         return rss, age, known
 
-    def _predict(self, prepared: list[_Prepared]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def _infer(self, prepared: list[_Prepared]) -> list[tuple[Prediction, int]]:
+        """(prediction, row in it) per query: one executor submission per model in the request."""
         by_model: dict[int, list[int]] = {}
         for i, p in enumerate(prepared):
             by_model.setdefault(id(p.model), []).append(i)
-        outs: list[dict[str, Any] | None] = [None] * len(prepared)
-        rows: list[dict[str, Any] | None] = [None] * len(prepared)
+        futures = []
         for idxs in by_model.values():
-            lm = prepared[idxs[0]].model
             batch = QueryBatch(
                 rss=np.stack([prepared[i].rss for i in idxs]),
                 age_ms=np.stack([prepared[i].age for i in idxs]),
                 sensors=[prepared[i].sensors for i in idxs],
                 device=[prepared[i].query.device for i in idxs],
             )
-            pred = lm.model.predict(batch)
+            futures.append(prepared[idxs[0]].model.executor.predict(batch))
+        preds = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+        out: list[tuple[Prediction, int] | None] = [None] * len(prepared)
+        for idxs, pred in zip(by_model.values(), preds, strict=True):
             for k, i in enumerate(idxs):
-                p = prepared[i]
-                qid = time_ordered_id()
-                building = pred.building[k]
-                out: dict[str, Any] = {
-                    "site_id": lm.site_id,
-                    "x": float(pred.xy[k, 0]),
-                    "y": float(pred.xy[k, 1]),
-                    "floor": str(pred.floor[k]),
-                    "building": None if building is None else str(building),
-                    "error_m": round(float(pred.error_m[k]), 3),
-                    "model": {"name": lm.name, "version": lm.version},
-                    "query_id": qid,
-                }
-                outs[i] = out
-                rows[i] = {
+                out[i] = (pred, k)
+        return [o for o in out if o is not None]
+
+    @staticmethod
+    def _answers(
+        prepared: list[_Prepared], preds: list[tuple[Prediction, int]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        outs: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+        for p, (pred, k) in zip(prepared, preds, strict=True):
+            lm = p.model
+            qid = time_ordered_id()
+            building = pred.building[k]
+            out: dict[str, Any] = {
+                "site_id": lm.site_id,
+                "x": float(pred.xy[k, 0]),
+                "y": float(pred.xy[k, 1]),
+                "floor": str(pred.floor[k]),
+                "building": None if building is None else str(building),
+                "error_m": round(float(pred.error_m[k]), 3),
+                "model": {"name": lm.name, "version": lm.version},
+                "query_id": qid,
+            }
+            rows.append(
+                {
                     "id": qid,
                     "site_id": lm.site_id,
                     "device": p.query.device,
@@ -178,8 +230,8 @@ class Locator:
                     "model_name": lm.name,
                     "model_version": lm.version,
                 }
-        answers = [o for o in outs if o is not None]
-        for a in answers:
-            if a["building"] is None:
-                del a["building"]
-        return answers, [r for r in rows if r is not None]
+            )
+            if out["building"] is None:
+                del out["building"]
+            outs.append(out)
+        return outs, rows

@@ -9,6 +9,7 @@ at low load a request waits for just its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -17,12 +18,25 @@ from collections import Counter
 from concurrent.futures import Future
 from typing import Any
 
+from prometheus_client import Histogram
 from sqlalchemy import insert, update
 
 from app.db import Database
 from app.models import Query, Site
+from app.services.inference import settle
 
 log = logging.getLogger(__name__)
+
+COMMIT_SECONDS = Histogram(
+    "siteloc_querylog_commit_seconds",
+    "Wall time of one query-log group commit",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+ROWS_PER_COMMIT = Histogram(
+    "siteloc_querylog_rows_per_commit",
+    "Query rows written by one group commit",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+)
 
 _STOP = object()
 
@@ -48,6 +62,13 @@ class QueryWriter:
         fut: Future[None] = Future()
         self._queue.put((rows, fut))
         return fut
+
+    async def write(self, rows: list[dict[str, Any]]) -> None:
+        """`submit` for a coroutine: returns once the rows are committed (raises if the commit failed)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._queue.put((rows, (fut, loop)))
+        await fut
 
     def stop(self) -> None:
         if self._started:
@@ -78,20 +99,39 @@ class QueryWriter:
             if stop:
                 return
 
-    def _write(self, batch: list[tuple[list[dict[str, Any]], Future[None]]]) -> None:
+    def _write(self, batch: list[tuple[list[dict[str, Any]], Any]]) -> None:
         rows = [r for rs, _ in batch for r in rs]
+        t0 = time.perf_counter()
         try:
-            with self._db.session() as s:
-                s.execute(insert(Query), rows)
-                # Sorted: writers in several processes lock site rows in one order, so they cannot deadlock.
-                for site_id, k in sorted(Counter(r["site_id"] for r in rows).items()):
-                    s.execute(update(Site).where(Site.id == site_id).values(n_queries=Site.n_queries + k))
+            self._commit(rows)
         except Exception as exc:
-            log.exception("query log commit of %d rows failed", len(rows))
-            for _, fut in batch:
-                fut.set_exception(exc)
+            if len(batch) == 1:
+                log.exception("query log commit of %d rows failed", len(rows))
+                settle([(*_future(batch[0][1]), None, exc)])
+                return
+            # One bad request must not fail the others that shared its transaction: commit each on its own.
+            log.warning(
+                "query log group commit of %d rows failed; committing its %d requests one by one",
+                len(rows),
+                len(batch),
+            )
+            for item in batch:
+                self._write([item])
             return
+        COMMIT_SECONDS.observe(time.perf_counter() - t0)
+        ROWS_PER_COMMIT.observe(len(rows))
         self.commits += 1
         self.rows_written += len(rows)
-        for _, fut in batch:
-            fut.set_result(None)
+        settle([(*_future(f), None, None) for _, f in batch])
+
+    def _commit(self, rows: list[dict[str, Any]]) -> None:
+        with self._db.session() as s:
+            s.execute(insert(Query), rows)
+            # Sorted: writers in several processes lock site rows in one order, so they cannot deadlock.
+            for site_id, k in sorted(Counter(r["site_id"] for r in rows).items()):
+                s.execute(update(Site).where(Site.id == site_id).values(n_queries=Site.n_queries + k))
+
+
+def _future(f: Any) -> tuple[Any, asyncio.AbstractEventLoop | None]:
+    """(future, its event loop or None): `submit` queues a concurrent Future, `write` an (asyncio future, loop)."""
+    return (f[0], f[1]) if isinstance(f, tuple) else (f, None)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ml.data.features import FingerprintSet
 from ml.errors import InvalidParams
+from ml.models.dropout import CallDropout
 from ml.seed import seeded
 
 KINDS = ("dnn", "cnnloc")
@@ -144,10 +145,10 @@ class NetShape:
 
 def make_framer(s: NetShape) -> nn.Sequential:
     return nn.Sequential(
-        nn.Dropout(s.input_dropout),
+        CallDropout(s.input_dropout),
         nn.Linear(s.n_in, s.hidden),
         nn.ReLU(),
-        nn.Dropout(s.dropout),
+        CallDropout(s.dropout),
         nn.Linear(s.hidden, s.latent),
         nn.ReLU(),
     )
@@ -156,10 +157,10 @@ def make_framer(s: NetShape) -> nn.Sequential:
 def make_extractor(s: NetShape) -> nn.Sequential:
     if s.kind == "dnn":
         return nn.Sequential(
-            nn.Dropout(s.dropout),
+            CallDropout(s.dropout),
             nn.Linear(s.latent, s.rep),
             nn.ReLU(),
-            nn.Dropout(s.dropout),
+            CallDropout(s.dropout),
             nn.Linear(s.rep, s.rep),
             nn.ReLU(),
         )
@@ -175,7 +176,7 @@ def make_extractor(s: NetShape) -> nn.Sequential:
         nn.ReLU(),
         nn.MaxPool1d(2),
         nn.Flatten(),
-        nn.Dropout(s.dropout),
+        CallDropout(s.dropout),
         nn.Linear(2 * c * (s.latent // 4), s.rep),
         nn.ReLU(),
     )

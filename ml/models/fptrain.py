@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ml.models.dropout import seeded_generator, stochastic_passes
 from ml.models.fpnets import NetOut, SiteLabels, SpecialisedNet
 from ml.seed import seeded
 from ml.train import Callback as Callback
@@ -218,15 +219,17 @@ def infer(
 @torch.no_grad()
 def mc_spread(net: SpecialisedNet, x: torch.Tensor, labels: SiteLabels, passes: int, seed: int = 0) -> np.ndarray:
     """RMS spread (m) of the position over `passes` dropout samples: the model's own uncertainty.
-    Seeded, so the same query always gets the same estimate."""
+
+    Seeded and per row (every row sees the masks a one-row batch would), so the same query always gets
+    the same estimate, alone or batched with others. The network stays in eval mode and the global RNG
+    is untouched: safe to call from several threads on one shared network."""
     if passes < 2 or x.shape[0] == 0:
         return np.zeros(x.shape[0])
     outs = []
-    with seeded(seed, x.device):
-        net.train()
+    net.eval()
+    with stochastic_passes(seeded_generator(seed, x.device), per_row=True):
         for _ in range(passes):
             outs.append(net(x).xy)
-        net.eval()
     xy = torch.stack(outs).double()  # (T, n, 2)
     var = ((xy - xy.mean(dim=0, keepdim=True)) ** 2).sum(dim=2).mean(dim=0)
     return np.asarray(var.sqrt().cpu().numpy() * labels.scale)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ml.errors import InvalidParams
+from ml.models.dropout import CallDropout
 from ml.params import settings_from
 
 
@@ -179,7 +180,7 @@ class ItolocNet(nn.Module):
         self.me = nn.Sequential(*stem, ops.maxpool(2)) if cfg.stem_pool else nn.Sequential(*stem)
 
         def pool() -> list[nn.Module]:
-            return [ops.maxpool(2), nn.Dropout(drop)]
+            return [ops.maxpool(2), CallDropout(drop)]
 
         m1 = [ops.block(w, w, 3), *pool(), ops.block(w, 2 * w, 3)]
         m2 = [ops.block(w, w, 5), *pool(), ops.block(w, 2 * w, 5)]

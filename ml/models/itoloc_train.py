@@ -7,6 +7,7 @@ and the same batches on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ml.models.base import ProgressFn, no_progress
+from ml.models.dropout import stochastic_passes
 from ml.models.itoloc_net import ItolocConfig, ItolocNet, masked_log_softmax, rss_to_f, set_mc_dropout
 from ml.train import Callback, EarlyStopping, EveryEpoch, LRSchedule, ProgressCallback, run_epochs, shuffled_indices
 
@@ -240,11 +242,11 @@ def module_log_probs(
     """(3, n, C) log-probabilities of M1, M2, M3 (cells outside the row's zone: -inf).
 
     `mc_dropout=True` keeps dropout active (batch norm in eval mode): one stochastic pass."""
-    set_mc_dropout(net, mc_dropout)
+    set_mc_dropout(net, False)  # eval everywhere (idempotent); the stochastic pass is this call's own
     out = []
-    for i in range(0, len(rss), 512):
-        z = net.features(rss_to_f(rss[i : i + 512], cfg))
-        allowed = cells.zone_allowed[zone[i : i + 512]]
-        out.append(torch.stack([masked_log_softmax(lg, allowed) for lg in net.location_logits(z)]))
-    net.eval()
+    with stochastic_passes() if mc_dropout else contextlib.nullcontext():
+        for i in range(0, len(rss), 512):
+            z = net.features(rss_to_f(rss[i : i + 512], cfg))
+            allowed = cells.zone_allowed[zone[i : i + 512]]
+            out.append(torch.stack([masked_log_softmax(lg, allowed) for lg in net.location_logits(z)]))
     return torch.cat(out, 1) if out else torch.zeros(3, 0, cells.xy.shape[0], device=rss.device)

@@ -158,18 +158,22 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 class SparseIndex:
-    """Training fingerprints in one representation, stored AP-major (n_aps, n) as float32.
+    """Training fingerprints in one representation, as AP-major posting lists (an inverted index).
 
-    A query only reads the rows of the APs it heard: (APs heard x n) values, contiguous
-    per AP, instead of the whole (n x vocabulary) matrix.
+    `ap_ptr[j]:ap_ptr[j+1]` are the fingerprints that heard AP j (`ap_rows`) and their values (`ap_vals`).
+    A query only touches the postings of the APs it heard (about 1/20 of a dense (APs heard x n) block on
+    UJIIndoorLoc), and a whole batch is accumulated with one `bincount` rather than a Python loop per query.
     """
 
     def __init__(self, rows: SparseRows, n_cols: int, p: WKNNParams, min_rss: float) -> None:
         self.n = len(rows)
         values = represent(rows.rss, p, min_rss)
         row_ids = rows.row_ids()
-        self.by_ap = np.zeros((n_cols, self.n), dtype=np.float32)
-        self.by_ap[rows.cols, row_ids] = values
+        order = np.lexsort((row_ids, rows.cols))  # by AP, then by fingerprint
+        self.ap_ptr = np.zeros(n_cols + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows.cols, minlength=n_cols), out=self.ap_ptr[1:])
+        self.ap_rows = row_ids[order]
+        self.ap_vals = values[order].astype(np.float32)
         self.sum1 = np.bincount(row_ids, weights=values, minlength=self.n)
         self.sum2 = np.bincount(row_ids, weights=values * values, minlength=self.n)
 
@@ -179,19 +183,19 @@ class SparseIndex:
         """(sum_j min(x_j, q_j), sum_j x_j q_j) over each query's heard APs: two (b, n) arrays
         (zeros for the one not asked for)."""
         b = len(q)
-        mins = np.zeros((b, self.n) if need_min else (0, self.n), dtype=np.float64)
-        dots = np.zeros((b, self.n) if need_dot else (0, self.n), dtype=np.float64)
-        v32 = qvals.astype(np.float32)
-        for i in range(b):
-            lo, hi = q.indptr[i], q.indptr[i + 1]
-            block = self.by_ap[q.cols[lo:hi]]
-            v = v32[lo:hi, None]
-            # Elementwise + sum rather than BLAS: a multi-threaded sgemv this small is 100x
-            # slower than this on a loaded 2-core host (thread hand-off), and never faster.
-            if need_min:
-                mins[i] = np.minimum(block, v).sum(axis=0, dtype=np.float64)
-            if need_dot:
-                dots[i] = np.multiply(block, v, out=block).sum(axis=0, dtype=np.float64)
+        starts = self.ap_ptr[q.cols]
+        counts = self.ap_ptr[q.cols + 1] - starts
+        flat = _ranges(starts, counts)
+        key = np.repeat(q.row_ids() * self.n, counts) + self.ap_rows[flat]
+        x = self.ap_vals[flat]
+        v = np.repeat(qvals.astype(np.float32), counts)
+        size = b * self.n
+        mins = (
+            np.bincount(key, weights=np.minimum(x, v), minlength=size).reshape(b, self.n)
+            if need_min
+            else np.zeros((0, self.n))
+        )
+        dots = np.bincount(key, weights=x * v, minlength=size).reshape(b, self.n) if need_dot else np.zeros((0, self.n))
         return mins, dots
 
 
