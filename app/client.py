@@ -162,15 +162,15 @@ class _Req:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _dump(body: BaseModel | Mapping[str, Any] | None, model: type[BaseModel], **kwargs: Any) -> dict[str, Any]:
+def _dump(body: BaseModel | Mapping[str, Any] | None, schema: type[BaseModel], /, **kwargs: Any) -> dict[str, Any]:
     """A request body validated with the server's own schema (so a typo fails here, not as a 422)."""
     if body is None:
-        body = model.model_validate(kwargs)
+        body = schema.model_validate(kwargs)
     elif not isinstance(body, BaseModel):
         raw = {**body, **kwargs}
         # Fields this build's schema does not know (a newer server's) are sent as given.
-        extra = {k: v for k, v in raw.items() if k not in model.model_fields}
-        return model.model_validate(raw).model_dump(mode="json", exclude_none=True) | extra
+        extra = {k: v for k, v in raw.items() if k not in schema.model_fields}
+        return schema.model_validate(raw).model_dump(mode="json", exclude_none=True) | extra
     return body.model_dump(mode="json", exclude_none=True)
 
 

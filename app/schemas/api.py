@@ -39,7 +39,7 @@ class ActiveModel(BaseModel):
 class SiteOut(BaseModel):
     id: str
     name: str
-    floors: list[str] | None
+    floors: list[str] | None = None
     created_at: datetime
     counts: Counts | None = None
     active_model: ActiveModel | None = None
