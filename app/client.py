@@ -399,7 +399,7 @@ class Client(_Base):
         body = _dump(None, KeyCreate, role=role, sites=sites, name=name)
         return self._model(_Req("POST", "/keys", json=body), KeyOut)
 
-    def keys(self, *, include_revoked: bool = False) -> list[KeyInfo]:
+    def list_keys(self, *, include_revoked: bool = False) -> list[KeyInfo]:
         params = {"include_revoked": str(include_revoked).lower()}
         return self._model(_Req("GET", "/keys", params=params), KeysOut).keys
 

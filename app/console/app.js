@@ -36,7 +36,10 @@ const ROUTES = [
   [/^#\/keys\/?$/, () => keysPage()],
 ];
 
+let navigation = 0; // a slower earlier page must not replace a newer one
+
 async function route() {
+  const mine = ++navigation;
   runCleanups();
   showBanner('');
   const signout = document.getElementById('signout');
@@ -54,8 +57,9 @@ async function route() {
   view.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
   try {
     const content = match ? await match[1](match[0]) : h('p', {}, `No page ${hash}.`);
-    view.replaceChildren(content);
+    if (mine === navigation) view.replaceChildren(content);
   } catch (err) {
+    if (mine !== navigation) return;
     if (err instanceof ApiError && err.status === 401) {
       clearKey();
       signout.hidden = true;
