@@ -209,8 +209,6 @@ def _upload_remote(url: str, key: str | None, *, site_id: str, fmt: str, path: P
 
     from app.client import Client
 
-    if window_stride_ms != 500:
-        raise click.UsageError("--window-stride-ms applies to a local import; the server uses its default")
     if not key:
         raise click.UsageError("an API key is needed to upload: --key or SITELOC_KEY")
     with (
@@ -218,7 +216,7 @@ def _upload_remote(url: str, key: str | None, *, site_id: str, fmt: str, path: P
         Client(url, key) as client,
         tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="upload") as bar,
     ):
-        return client.upload_survey_file(site_id, path, fmt=fmt, progress=bar.update)
+        return client.upload_survey_file(site_id, path, fmt=fmt, progress=bar.update, window_stride_ms=window_stride_ms)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)

@@ -231,7 +231,12 @@ class _Base:
 
     @staticmethod
     def _upload(
-        site_id: str, path: str | Path, fmt: str, timeout: float, progress: Callable[[int], None] | None = None
+        site_id: str,
+        path: str | Path,
+        fmt: str,
+        timeout: float,
+        progress: Callable[[int], None] | None = None,
+        window_stride_ms: int | None = None,
     ) -> _Req:
         path = Path(path)
 
@@ -239,7 +244,8 @@ class _Base:
             fh: Any = path.open("rb") if progress is None else _CountingReader(path.open("rb"), progress)
             return {"file": (path.name, fh, "application/octet-stream")}
 
-        return _Req("POST", f"/sites/{site_id}/surveys", files=files, data={"format": fmt}, timeout=timeout)
+        data = {"format": fmt} | ({"window_stride_ms": str(window_stride_ms)} if window_stride_ms is not None else {})
+        return _Req("POST", f"/sites/{site_id}/surveys", files=files, data=data, timeout=timeout)
 
     @staticmethod
     def _locate(body: LocateIn | Mapping[str, Any] | None, kwargs: dict[str, Any]) -> _Req:
@@ -330,10 +336,11 @@ class Client(_Base):
         fmt: str,
         timeout: float = 3600,
         progress: Callable[[int], None] | None = None,
+        window_stride_ms: int | None = None,
     ) -> SurveyOut:
-        """A survey file, streamed (`fmt` = ujiindoorloc | ilc2020 | jsonl); `progress(n)` is called with the
-        bytes sent since its last call."""
-        return self._model(self._upload(site_id, path, fmt, timeout, progress), SurveyOut)
+        """A survey file, streamed (`fmt` = ujiindoorloc | ilc2020 | jsonl; `window_stride_ms` for ilc2020);
+        `progress(n)` is called with the bytes sent since its last call."""
+        return self._model(self._upload(site_id, path, fmt, timeout, progress, window_stride_ms), SurveyOut)
 
     def survey_points(self, site_id: str, *, floor: str | None = None, limit: int = 5000) -> SurveyPointsOut:
         params = {"limit": limit} | ({"floor": floor} if floor is not None else {})
