@@ -39,10 +39,8 @@ def get_model(site: SiteDep, version: int, s: SessionDep) -> ModelVersionDetail:
     """One model version: what `GET /sites/{id}/models` lists, plus the points of its holdout error CDF and the
     job that made it. Role: operator (sites on its key) or admin."""
     mv = svc.get_version(s, site_id=site.id, version=version)
-    cdf = as_cdf(mv.metrics or {})
-    return ModelVersionDetail(
-        **version_out(mv).model_dump(), cdf=cdf, cdf_source="quantiles" if cdf else "none", job_id=mv.job_id
-    )
+    cdf, source = as_cdf(mv.metrics or {})
+    return ModelVersionDetail(**version_out(mv).model_dump(), cdf=cdf, cdf_source=source, job_id=mv.job_id)
 
 
 @router.get("/jobs", response_model=JobsOut, tags=["jobs"])

@@ -29,7 +29,7 @@ export function cdfChart(series, { width = 560, height = 300 } = {}) {
     const color = COLORS[i % COLORS.length];
     const pts = s.points.map((p) => `${X(p.error_m)},${Y(p.fraction)}`).join(' ');
     svg.append(el('polyline', { points: pts, fill: 'none', stroke: color, 'stroke-width': 2, 'data-version': s.label }));
-    for (const p of s.points) svg.append(el('circle', { cx: X(p.error_m), cy: Y(p.fraction), r: 3, fill: color }));
+    if (s.points.length < 8) for (const p of s.points) svg.append(el('circle', { cx: X(p.error_m), cy: Y(p.fraction), r: 3, fill: color }));
     svg.append(el('text', { x: pad.l + 10, y: pad.t + 14 + 16 * i, 'font-size': 12, fill: color }, s.label));
   });
   return svg;

@@ -143,7 +143,7 @@ export async function modelsPage(siteId) {
     const series = details.filter((d) => d.cdf.length).map((d) => ({ label: `v${d.version} ${d.model} (${d.status})`, points: d.cdf }));
     chartBox.replaceChildren(h('h3', {}, 'Holdout error CDF'),
       series.length ? cdfChart(series) : h('p', { class: 'muted' }, 'The chosen versions have no holdout metrics.'),
-      h('p', { class: 'muted small' }, 'Points: the quantiles each version was scored with on its survey holdout (0 m, median, P75, P95). Tick up to two versions to compare.'));
+      h('p', { class: 'muted small' }, 'Each version\'s errors on its survey holdout: every 5% of the distribution where the version stored it, else 0 m, median, P75 and P95 (older and co-trained versions). Tick up to two versions to compare.'));
   }
 
   async function showDetail(v) {

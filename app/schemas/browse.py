@@ -4,7 +4,7 @@ one model version with its error distribution, jobs, keys."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -56,10 +56,12 @@ class CdfPoint(BaseModel):
 
 class ModelVersionDetail(ModelVersionOut):
     cdf: list[CdfPoint] = Field(
-        description="Points of the holdout error CDF stored with the version (0 at 0 m, then the median, P75 and "
-        "P95 it was scored with); empty when the version has no holdout metrics"
+        description="The version's holdout error CDF: 21 points (every 5%) from `metrics.error_quantiles_m` when the "
+        "version has them, else 0 m, the median, P75 and P95 it was scored with; empty without holdout metrics"
     )
-    cdf_source: str = Field(description="What the CDF points are: 'quantiles' (the stored metrics) or 'none'")
+    cdf_source: Literal["holdout", "quantiles", "none"] = Field(
+        description="'holdout': the 21 stored quantiles; 'quantiles': from median/P75/P95 only; 'none'"
+    )
     job_id: str | None = None
 
 
@@ -81,11 +83,16 @@ class KeysOut(BaseModel):
     keys: list[KeyInfo]
 
 
-def as_cdf(metrics: dict[str, Any]) -> list[CdfPoint]:
-    """The CDF points the stored metrics allow: (0, 0), (median, .5), (P75, .75), (P95, .95)."""
+def as_cdf(metrics: dict[str, Any]) -> tuple[list[CdfPoint], str]:
+    """The version's holdout error CDF: from `error_quantiles_m` (21 quantiles, stored by finetunes since this
+    build) when present, else the points the scalar metrics give: (0, 0), (median, .5), (P75, .75), (P95, .95)."""
+    quantiles = metrics.get("error_quantiles_m")
+    if isinstance(quantiles, list) and len(quantiles) >= 2:
+        n = len(quantiles) - 1
+        return [CdfPoint(error_m=float(q), fraction=i / n) for i, q in enumerate(quantiles)], "holdout"
     points = [CdfPoint(error_m=0.0, fraction=0.0)]
     for key, frac in (("median_m", 0.5), ("p75_m", 0.75), ("p95_m", 0.95)):
         value = metrics.get(key)
         if isinstance(value, int | float) and value == value and value >= points[-1].error_m:
             points.append(CdfPoint(error_m=float(value), fraction=frac))
-    return points if len(points) > 1 else []
+    return (points, "quantiles") if len(points) > 1 else ([], "none")

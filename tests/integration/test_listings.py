@@ -88,9 +88,11 @@ def test_recent_queries_newest_first_with_their_error(served: Served) -> None:
 def test_one_version_has_cdf_points_from_its_holdout_metrics(served: Served) -> None:
     c = served.admin
     v = c.model(served.site_id, served.versions[1])
-    assert v.version == served.versions[1] and v.job_id and v.cdf_source == "quantiles"
-    assert [p.fraction for p in v.cdf] == [0.0, 0.5, 0.75, 0.95]
-    assert [p.error_m for p in v.cdf[1:]] == [v.metrics["median_m"], v.metrics["p75_m"], v.metrics["p95_m"]]
+    assert v.version == served.versions[1] and v.job_id and v.cdf_source == "holdout"
+    assert [p.fraction for p in v.cdf] == [i / 20 for i in range(21)]
+    errors = [p.error_m for p in v.cdf]
+    assert errors == sorted(errors) and errors[0] >= 0
+    assert abs(errors[10] - v.metrics["median_m"]) < 1e-3 and abs(errors[19] - v.metrics["p95_m"]) < 1e-3
     assert "holdout_fingerprint_ids" not in v.training
     with pytest.raises(NotFound, match="no model version 99"):
         c.model(served.site_id, 99)
