@@ -13,29 +13,27 @@ from app.security import Principal
 
 
 def survey_points(s: Session, *, site_id: str, floor: str | None, limit: int) -> SurveyPointsOut:
-    """Survey positions of a site (one floor or all), at most `limit`, spread over the survey by row id."""
+    """Survey positions of a site (one floor or all): every k-th of them, at most `limit`."""
     fp = SurveyFingerprint
     floors = sorted(s.scalars(select(fp.floor).where(fp.site_id == site_id).distinct()))
     where = [fp.site_id == site_id] + ([fp.floor == floor] if floor is not None else [])
-    total, lo_x, lo_y, hi_x, hi_y, lo_id, hi_id = s.execute(
-        select(
-            func.count(),
-            func.min(fp.x),
-            func.min(fp.y),
-            func.max(fp.x),
-            func.max(fp.y),
-            func.min(fp.id),
-            func.max(fp.id),
-        ).where(*where)
+    total, lo_x, lo_y, hi_x, hi_y = s.execute(
+        select(func.count(), func.min(fp.x), func.min(fp.y), func.max(fp.x), func.max(fp.y)).where(*where)
     ).one()
     if not total:
         return SurveyPointsOut(floors=floors, bbox=None, total=0, points=[])
-    stmt = select(fp.x, fp.y, fp.floor, fp.path).where(*where).order_by(fp.id)
-    if total > limit:
-        # Every k-th row id: an even sample of the survey without reading it all.
-        step = -(-(hi_id - lo_id + 1) // limit)
-        stmt = stmt.where((fp.id - lo_id) % step == 0)
-    points = [SurveyPoint(x=x, y=y, floor=f, path=p) for x, y, f, p in s.execute(stmt.limit(limit))]
+    # Every k-th row of the site's survey (in upload order): an even sample, and only `limit` rows leave the
+    # database.
+    step = -(-total // limit)
+    rn = func.row_number().over(order_by=fp.id).label("rn")
+    ranked = select(fp.x, fp.y, fp.floor, fp.path, rn).where(*where).subquery()
+    stmt = (
+        select(ranked.c.x, ranked.c.y, ranked.c.floor, ranked.c.path)
+        .where((ranked.c.rn - 1) % step == 0)
+        .order_by(ranked.c.rn)
+        .limit(limit)
+    )
+    points = [SurveyPoint(x=x, y=y, floor=f, path=p) for x, y, f, p in s.execute(stmt)]
     bbox = BBox(min_x=lo_x, min_y=lo_y, max_x=hi_x, max_y=hi_y)
     return SurveyPointsOut(floors=floors, bbox=bbox, total=total, points=points)
 

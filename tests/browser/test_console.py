@@ -196,6 +196,25 @@ def test_a_failed_request_shows_the_servers_reason(driver: Any, server: LiveServ
     assert error.text[:3] in ("409", "422") and "window" in error.text
 
 
+def test_a_failed_job_shows_its_reason(driver: Any, server: LiveServer, site: TrainedSite, shots: Path) -> None:
+    from app.client import Invalid
+
+    with server.client() as c:
+        try:  # accepted when asked, refused by the job (the holdout cannot be the whole survey)
+            job_id = c.finetune(site.id, model="wknn", params={"holdout_fraction": 1.5})
+        except Invalid:
+            pytest.skip("this server refuses holdout_fraction=1.5 when asked: no job fails at run time here")
+        c.job_wait(job_id, timeout=120)
+    _sign_in(driver, server, server.key)
+    driver.get(f"{server.url}/console/#/jobs/{job_id}")
+    assert _css(driver, "#job-state").text == "failed"
+    assert "holdout_fraction" in _css(driver, "#job-error").text
+    driver.get(f"{server.url}/console/#/jobs")
+    row = _css(driver, f'#jobs tr[data-job="{job_id}"]')
+    assert "failed" in row.text and "holdout_fraction" in row.text
+    driver.save_screenshot(str(shots / "jobs.png"))
+
+
 def test_keys_create_shown_once_list_and_revoke(
     driver: Any, server: LiveServer, site: TrainedSite, shots: Path
 ) -> None:

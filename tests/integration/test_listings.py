@@ -72,7 +72,8 @@ def test_survey_points_cover_the_survey_and_respect_floor_and_limit(served: Serv
     assert one.total == sum(p.floor == floor for p in everything.points) and {p.floor for p in one.points} == {floor}
     assert one.floors == everything.floors
     few = c.survey_points(site, limit=10)
-    assert few.total == served.n_fingerprints and 1 <= len(few.points) <= 10
+    assert few.total == served.n_fingerprints and len(few.points) == 10
+    assert few.points[0] == everything.points[0]  # every k-th row, from the first
     with pytest.raises(Invalid):
         c.survey_points(site, limit=0)
 
