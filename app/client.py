@@ -497,16 +497,68 @@ class AsyncClient(_Base):
         req = _Req("POST", f"/sites/{site_id}/surveys", json={"fingerprints": fingerprints})
         return await self._model(req, SurveyOut)
 
+    async def upload_survey_file(
+        self,
+        site_id: str,
+        path: str | Path,
+        *,
+        fmt: str,
+        timeout: float = 3600,
+        progress: Callable[[int], None] | None = None,
+        window_stride_ms: int | None = None,
+    ) -> SurveyOut:
+        return await self._model(self._upload(site_id, path, fmt, timeout, progress, window_stride_ms), SurveyOut)
+
+    async def survey_points(self, site_id: str, *, floor: str | None = None, limit: int = 5000) -> SurveyPointsOut:
+        params = {"limit": limit} | ({"floor": floor} if floor is not None else {})
+        return await self._model(_Req("GET", f"/sites/{site_id}/survey/points", params=params), SurveyPointsOut)
+
+    async def queries(self, site_id: str, *, limit: int = 500) -> QueriesOut:
+        return await self._model(_Req("GET", f"/sites/{site_id}/queries", params={"limit": limit}), QueriesOut)
+
+    async def cotrain(self, site_id: str, **body: Any) -> str:
+        return (await self._model(_Req("POST", f"/sites/{site_id}/cotrain", json=body or None), JobRef)).job_id
+
+    async def jobs(self, *, site_id: str | None = None, limit: int = 50) -> list[JobOut]:
+        params = {"limit": limit} | ({"site_id": site_id} if site_id else {})
+        return (await self._model(_Req("GET", "/jobs", params=params), JobsOut)).jobs
+
+    async def model(self, site_id: str, version: int) -> ModelVersionDetail:
+        return await self._model(_Req("GET", f"/sites/{site_id}/models/{version}"), ModelVersionDetail)
+
+    async def create_key(self, role: str, *, sites: list[str] | None = None, name: str = "") -> KeyOut:
+        body = _dump(None, KeyCreate, role=role, sites=sites, name=name)
+        return await self._model(_Req("POST", "/keys", json=body), KeyOut)
+
+    async def list_keys(self, *, include_revoked: bool = False) -> list[KeyInfo]:
+        params = {"include_revoked": str(include_revoked).lower()}
+        return (await self._model(_Req("GET", "/keys", params=params), KeysOut)).keys
+
+    async def revoke_key(self, key_id: str) -> None:
+        await self._send(_Req("DELETE", f"/keys/{key_id}"))
+
+    async def readyz(self) -> dict[str, Any]:
+        return dict((await self._send(_Req("GET", "/readyz"))).json())
+
     async def finetune(self, site_id: str, body: FinetuneIn | Mapping[str, Any] | None = None, **kwargs: Any) -> str:
         return (await self._model(self._finetune(site_id, body, kwargs), JobRef)).job_id
 
     async def job(self, job_id: str) -> JobOut:
         return await self._model(_Req("GET", f"/jobs/{job_id}"), JobOut)
 
-    async def job_wait(self, job_id: str, *, timeout: float = 3600, poll_s: float = 0.5) -> JobOut:
+    async def job_wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float = 3600,
+        poll_s: float = 0.5,
+        on_update: Callable[[JobOut], None] | None = None,
+    ) -> JobOut:
         deadline = time.monotonic() + timeout
         while True:
             job = await self.job(job_id)
+            if on_update is not None:
+                on_update(job)
             if job.state in TERMINAL_JOB_STATES:
                 return job
             if time.monotonic() > deadline:

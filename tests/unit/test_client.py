@@ -147,3 +147,13 @@ def test_async_client_retries_and_parses(scripted: tuple[str, Script]) -> None:
 
     assert asyncio.run(go()) == "j9"
     assert json.loads(script.seen[-1][2]) == {"model": "wknn", "seed": 0, "params": {}}
+
+
+def test_the_async_client_has_every_call_of_the_sync_one() -> None:
+    import inspect
+
+    public = {n for n, f in inspect.getmembers(Client, inspect.isfunction) if not n.startswith("_")} - {"close"}
+    for name in public:
+        assert inspect.iscoroutinefunction(getattr(AsyncClient, name, None)), name
+        sync_params = list(inspect.signature(getattr(Client, name)).parameters)
+        assert list(inspect.signature(getattr(AsyncClient, name)).parameters) == sync_params, name
