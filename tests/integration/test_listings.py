@@ -162,3 +162,11 @@ def test_root_points_to_the_console_which_is_served_offline(served: Served) -> N
         # nothing fetched from elsewhere (no CDN): the only absolute URL is SVG's namespace name
         text = r.text.replace("http://www.w3.org/2000/svg", "")
         assert "http://" not in text and "https://" not in text, name
+
+
+def test_a_201_is_committed_before_the_client_reads_it(served: Served) -> None:
+    # The request's transaction commits before the response goes out (SessionDep scope="function"): the next
+    # request on the same connection always finds what the previous one created.
+    for i in range(20):
+        made = served.admin.create_site(f"race {i}")
+        assert served.admin.site(made.id).name == f"race {i}"
