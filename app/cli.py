@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from app.cli_remote import client_errors, remote_options
+from app.cli_remote import register as register_remote
 from app.config import Settings, get_settings
 
 
@@ -185,17 +188,39 @@ def keys_create(role: str, sites: tuple[str, ...], name: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["ujiindoorloc", "ilc2020", "jsonl"]), required=True)
 @click.option("--window-stride-ms", default=500, show_default=True, type=int, help="ilc2020 sensor-window stride")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def import_cmd(site_id: str, fmt: str, window_stride_ms: int, path: Path) -> None:
-    """Import a survey file into a site (same code as the upload API), with a progress bar."""
+@remote_options
+def import_cmd(site_id: str, fmt: str, window_stride_ms: int, path: Path, url: str | None, key: str | None) -> None:
+    """Import a survey file into a site (same code as the upload API), with a progress bar.
+
+    Into this machine's database, or with --url (or SITELOC_URL) uploaded to that server with --key."""
     from app.errors import SitelocError
     from app.imports import import_file
 
     _setup_logging("WARNING")
+    if url:
+        out = _upload_remote(url, key, site_id=site_id, fmt=fmt, path=path, window_stride_ms=window_stride_ms)
+        click.echo(f"survey {out.survey_id}: {out.fingerprints} fingerprints, {out.windows} windows, {out.paths} paths")
+        return
     try:
         out = import_file(get_settings(), site_id=site_id, fmt=fmt, path=path, window_stride_ms=window_stride_ms)
     except SitelocError as exc:
         raise click.ClickException(str(exc.detail)) from None
     click.echo(f"survey {out.survey_id}: {out.fingerprints} fingerprints, {out.windows} windows, {out.paths} paths")
+
+
+def _upload_remote(url: str, key: str | None, *, site_id: str, fmt: str, path: Path, window_stride_ms: int) -> Any:
+    from tqdm import tqdm
+
+    from app.client import Client
+
+    if not key:
+        raise click.UsageError("an API key is needed to upload: --key or SITELOC_KEY")
+    with (
+        client_errors(),
+        Client(url, key) as client,
+        tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="upload") as bar,
+    ):
+        return client.upload_survey_file(site_id, path, fmt=fmt, progress=bar.update, window_stride_ms=window_stride_ms)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
@@ -223,6 +248,8 @@ def demo(host: str, port: int) -> None:
     sys.stdout.flush()
     _run_server(settings, host, port, 1)
 
+
+register_remote(main)
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,9 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
         yield s
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent. FastAPI's default ("request") runs the code after `yield`
+# once the response has gone out, so a client could see 201 for a site its next request cannot find yet.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 async def get_principal(

@@ -18,8 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from app.client import Client
 from bench.serve import RssSampler, Server
 
 
@@ -78,19 +77,12 @@ def _cpus() -> int:
 
 def _upload(server: Server, archive: Path, stride: int) -> dict[str, Any]:
     name = f"{archive.parent.name}/{archive.name}"
-    with httpx.Client(base_url=server.base, headers=server.headers, timeout=3600) as c:
-        site = c.post("/sites", json={"name": name}).json()["id"]
+    with Client(server.base, server.admin_key, timeout=3600) as c:
+        site = c.create_site(name).id
         t0 = time.perf_counter()
-        with RssSampler(server) as rss, open(archive, "rb") as fh:
-            r = c.post(
-                f"/sites/{site}/surveys",
-                files={"file": (archive.name, fh)},
-                data={"format": "ilc2020", "window_stride_ms": str(stride)},
-            )
+        with RssSampler(server) as rss:
+            out = c.upload_survey_file(site, archive, fmt="ilc2020", window_stride_ms=stride).model_dump()
         wall = time.perf_counter() - t0
-    if r.status_code != 201:
-        raise RuntimeError(f"upload of {name} failed: {r.status_code} {r.text}")
-    out = r.json()
     size_mb = archive.stat().st_size / 1e6
     return {
         "archive": name,

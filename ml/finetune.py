@@ -24,6 +24,7 @@ import numpy as np
 
 from ml.data.features import FingerprintSet
 from ml.data.splits import Holdout, holdout_split, train_fraction_subset
+from ml.evaluate import errors_m
 from ml.evaluate import metrics as score
 from ml.models.base import LocModel, ProgressFn, QueryBatch, no_progress
 
@@ -31,6 +32,8 @@ from ml.models.base import LocModel, ProgressFn, QueryBatch, no_progress
 FitFn = Callable[[FingerprintSet, np.ndarray, ProgressFn], LocModel]
 
 PUBLIC_METRICS = ("mean_m", "median_m", "p75_m", "p95_m", "floor_hit", "building_hit", "n", "error_estimate_spearman")
+# error_quantiles_m[i] is the holdout error (m) at fraction ERROR_QUANTILES[i]: 0, 0.05, ..., 1.
+ERROR_QUANTILES = tuple(i / 20 for i in range(21))
 
 
 @dataclass
@@ -60,12 +63,18 @@ def evaluate(model: LocModel, holdout: FingerprintSet) -> dict[str, Any] | None:
     """The public metrics of `model` on labelled rows (None when there are none); NaN/inf become None."""
     if len(holdout) == 0:
         return None
-    m = score(model.predict(QueryBatch.from_set(holdout.with_aps(model.aps))), holdout)
-    return {
+    pred = model.predict(QueryBatch.from_set(holdout.with_aps(model.aps)))
+    m = score(pred, holdout)
+    out = {
         k: (None if isinstance(m.get(k), float) and not np.isfinite(m[k]) else m.get(k))
         for k in PUBLIC_METRICS
         if k in m
     }
+    # The holdout's error distribution, for CDF plots of a version (21 numbers, not the holdout itself).
+    err = errors_m(pred, holdout)
+    if np.isfinite(err).all():
+        out["error_quantiles_m"] = [round(float(q), 3) for q in np.quantile(err, ERROR_QUANTILES)]
+    return out
 
 
 def finetune(

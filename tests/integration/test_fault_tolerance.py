@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
 
 from app.models import Job, Query
 from tests.conftest import FIXTURES, Backend
@@ -206,17 +206,31 @@ def test_unstorable_locates_are_refused_and_never_fail_their_neighbours(api: Api
 DEAD_REDIS = "redis://127.0.0.1:9/0"  # discard port: nothing listens
 
 
-def test_finetune_with_redis_down_is_503_and_leaves_no_job(api: Api, backend: Backend, site: str) -> None:
+def test_finetune_with_redis_down_is_503_and_leaves_no_job(
+    api: Api, backend: Backend, site: str, tmp_path: Path
+) -> None:
     settings = backend.settings(redis_url=DEAD_REDIS)
+    if backend.database_url.startswith("sqlite"):
+        # The embedded API of the other tests runs jobs that any process commits to its SQLite file (several
+        # embedded API processes share one): give this full-mode app a copy, as a real deployment never mixes modes.
+        import sqlite3
+
+        src = sqlite3.connect(make_url(backend.database_url).database or "")
+        copy = tmp_path / "copy.db"
+        with sqlite3.connect(copy) as dst:
+            src.backup(dst)
+        src.close()
+        settings = backend.settings(redis_url=DEAD_REDIS, database_url=f"sqlite:///{copy}")
     from app.main import create_app
 
     with TestClient(create_app(settings)) as client:
-        with _db(api).session() as s:
+        db = client.app.state.runtime.db  # type: ignore[attr-defined]
+        with db.session() as s:
             jobs_before = s.scalar(select(func.count()).select_from(Job))
         r = client.post(f"/sites/{site}/finetune", json={"model": "wknn"}, headers=ADMIN)
         _assert_error_shape(r, 503, "Redis")
         assert int(r.headers["Retry-After"]) >= 1
-        with _db(api).session() as s:
+        with db.session() as s:
             assert s.scalar(select(func.count()).select_from(Job)) == jobs_before
         # /locate does not need Redis (the rate limiter falls back to this process's buckets)
         assert client.post("/locate", json=_locate(site), headers=ADMIN).status_code == 200
