@@ -1,0 +1,51 @@
+"""Floor plans shipped with ILC 2020 floor archives: geojson_map.json + floor_info.json -> walkable area in metres.
+
+The geojson is WGS84 lon/lat. Its first feature is the floor outline; the others are shops. The floor frame of
+the traces has x east in [0, width] and y north in [0, height] (floor_info.json) with its origin at the
+south-west corner of the outline's bounding box, so the outline's bounding box is mapped linearly onto
+[0, width] x [0, height]. Walkable = outline minus shops (this holds 99.5% of the ILC waypoints).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import shapely
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
+
+from ml.data.errors import DataFormatError
+from ml.tracking.floorplan import walkable_collection
+
+
+def ilc_walkable(geojson: Any, floor_info: Any, name: str = "geojson_map.json") -> BaseGeometry:
+    try:
+        feats = geojson["features"]
+        info = floor_info["map_info"]
+        width, height = float(info["width"]), float(info["height"])
+        outline = shape(feats[0]["geometry"])
+        shops = [shape(f["geometry"]) for f in feats[1:] if f.get("geometry")]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise DataFormatError(f"not an ILC floor map ({type(e).__name__}: {e})", name) from None
+    lon0, lat0, lon1, lat1 = outline.bounds
+    if not (lon1 > lon0 and lat1 > lat0 and width > 0 and height > 0):
+        raise DataFormatError("degenerate floor outline or size", name)
+    sx, sy = width / (lon1 - lon0), height / (lat1 - lat0)
+
+    def to_m(geom: BaseGeometry) -> BaseGeometry:
+        return shapely.transform(geom, lambda c: (c - [lon0, lat0]) * [sx, sy])
+
+    walk = shapely.make_valid(to_m(outline))
+    if shops:
+        walk = walk.difference(shapely.union_all([shapely.make_valid(to_m(s)) for s in shops]))
+    return walk
+
+
+def ilc_plan_collection(geojson_bytes: bytes, floor_info_bytes: bytes, name: str) -> dict[str, Any]:
+    """The walkable FeatureCollection (site metres) of one ILC floor archive's two map files."""
+    try:
+        gj, fi = json.loads(geojson_bytes), json.loads(floor_info_bytes)
+    except ValueError as e:
+        raise DataFormatError(f"map file is not JSON ({e})", name) from None
+    return walkable_collection(ilc_walkable(gj, fi, name), {"walkable": True, "source": "ilc2020"})
