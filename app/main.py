@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.api import health, jobs, keys, locate, models, sites
+from app.api import health, jobs, keys, locate, models, plans, sessions, sites
 from app.config import Settings, get_settings
 from app.errors import install_handlers
 from app.middleware import BodyLimit, Metrics
@@ -37,7 +37,16 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     app = FastAPI(title="siteloc", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, **_no_otel())
     install_handlers(app)
-    for router in (sites.router, jobs.router, models.router, locate.router, keys.router, health.router):
+    for router in (
+        sites.router,
+        plans.router,
+        jobs.router,
+        models.router,
+        locate.router,
+        sessions.router,
+        keys.router,
+        health.router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     app.add_middleware(Metrics)

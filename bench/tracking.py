@@ -69,9 +69,7 @@ def load_floor(path: Path, site: str, floor: str, seed: int, test_fraction: floa
             if f is None:
                 continue
             if m.name.endswith(".txt"):
-                traces.append(
-                    parse_ilc_trace(f.read().decode(), m.name, sensors=True, rotation=True, floor_hint=floor)
-                )
+                traces.append(parse_ilc_trace(f.read().decode(), m.name, sensors=True, rotation=True, floor_hint=floor))
             elif m.name.endswith(("geojson_map.json", "floor_info.json")):
                 maps[m.name.rsplit("/", 1)[-1]] = f.read()
     plan = Walkable.from_collection(ilc_plan_collection(maps["geojson_map.json"], maps["floor_info.json"], str(path)))
@@ -118,9 +116,7 @@ class Replay:
     blob_bytes: int = 0
 
 
-def replay(
-    tr: IlcTrace, model: LocModel, variants: dict[str, Tracker], floor: str
-) -> Replay:
+def replay(tr: IlcTrace, model: LocModel, variants: dict[str, Tracker], floor: str) -> Replay:
     lo, hi = tr.span
     times = np.arange(lo + STEP_MS, hi + 1, STEP_MS, dtype=np.float64)
     truth = np.column_stack(tr.position(times))
@@ -164,17 +160,30 @@ def replay(
         fix = None
         if new[k]:
             fix = fix_from_answer(
-                pred.xy[j, 0], pred.xy[j, 1], pred.floor[j], pred.error_m[j],
+                pred.xy[j, 0],
+                pred.xy[j, 1],
+                pred.floor[j],
+                pred.error_m[j],
                 None if nb is None else (nb[0][j], nb[1][j]),
             )
         for name, trk in variants.items():
             if not started and fix is None:
                 continue
-            f = None if fix is None else fix_from_answer(fix.x, fix.y, fix.floor, fix.error_m,
-                                                         None if nb is None else (nb[0][j], nb[1][j]))
+            f = (
+                None
+                if fix is None
+                else fix_from_answer(fix.x, fix.y, fix.floor, fix.error_m, None if nb is None else (nb[0][j], nb[1][j]))
+            )
             t0 = time.perf_counter()
-            est = trk.update(owner="bench", session_id=tr.trace_id, site_id="s", t_ms=int(t), sensors=sensors,
-                             fix=f, scan=keys[k] if new[k] else None)
+            est = trk.update(
+                owner="bench",
+                session_id=tr.trace_id,
+                site_id="s",
+                t_ms=int(t),
+                sensors=sensors,
+                fix=f,
+                scan=keys[k] if new[k] else None,
+            )
             out.costs_ms.append((time.perf_counter() - t0) * 1000.0)
             out.causal[name].append(float(np.hypot(est.x - truth[k, 0], est.y - truth[k, 1])))
             out.causal_floor[name].append(est.floor == floor)

@@ -17,6 +17,7 @@ from app.services.codec import pack_sensors, sensors_from_api
 from app.services.ids import time_ordered_id
 from app.services.querylog import QueryWriter
 from app.services.registry import LoadedModel, ModelCache
+from app.services.sessions import SessionHook
 from ml.detect import detect_site
 from ml.models.base import QueryBatch
 from ml.types import SensorData
@@ -29,13 +30,17 @@ class _Prepared:
     age: np.ndarray
     sensors: SensorData | None
     query: LocateIn
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None  # the model's survey points behind the answer
 
 
 class Locator:
-    def __init__(self, *, settings: Settings, models: ModelCache, writer: QueryWriter) -> None:
+    def __init__(
+        self, *, settings: Settings, models: ModelCache, writer: QueryWriter, sessions: SessionHook | None = None
+    ) -> None:
         self._settings = settings
         self._models = models
         self._writer = writer
+        self._sessions = sessions
 
     async def locate(self, queries: list[LocateIn], principal: Principal) -> list[dict[str, Any]]:
         """Answer every query, or none: any bad query fails the whole request before anything is stored.
@@ -43,7 +48,17 @@ class Locator:
         Answers are plain dicts in the shape of `LocateOut` (the hot path skips a second validation)."""
         many = len(queries) > 1
         prepared = [self._prepare(q, principal, f"queries[{i}]: " if many else "") for i, q in enumerate(queries)]
+        # Tracking sessions: checked before anything is answered, applied after the model's answers.
+        tracked = self._sessions is not None and any(q.session_id is not None for q in queries)
+        if tracked:
+            assert self._sessions is not None
+            self._sessions.check(queries, [p.model.site_id for p in prepared], principal.key_id)
         outs, rows = self._predict(prepared)
+        if tracked:
+            assert self._sessions is not None
+            self._sessions.apply(
+                queries, [p.neighbours for p in prepared], [p.sensors for p in prepared], outs, rows, principal.key_id
+            )
         try:
             await asyncio.wrap_future(self._writer.submit(rows))
         except Exception as exc:
@@ -62,7 +77,8 @@ class Locator:
         lm = self._model_for(q, principal, where)
         rss, age, known = self._row(q, lm)
         sensors = sensors_from_api(q.sensors.model_dump()) if q.sensors else None
-        if known == 0 and not (sensors is not None and lm.model.trains_on == "windows"):
+        motion_only = q.session_id is not None and not q.wifi  # answered by the session from motion alone
+        if known == 0 and not motion_only and not (sensors is not None and lm.model.trains_on == "windows"):
             if not q.wifi:
                 raise Invalid(f"{where}site {lm.site_id!r}'s active model ({lm.name}) needs a WiFi scan")
             raise Invalid(
@@ -72,17 +88,20 @@ class Locator:
         return _Prepared(model=lm, rss=rss, age=age, sensors=sensors, query=q)
 
     def _model_for(self, q: LocateIn, principal: Principal, where: str) -> LoadedModel:
-        if q.site_id is None:
+        site_id = q.site_id
+        if site_id is None and q.session_id is not None and not q.wifi and self._sessions is not None:
+            site_id = self._sessions.site_for_motion_only(q, principal.key_id, where)
+        if site_id is None:
             return self._detect(q, principal, where)
-        principal.require_site(q.site_id)
-        lm = self._models.get(q.site_id)
+        principal.require_site(site_id)
+        lm = self._models.get(site_id)
         if lm is None:
-            if self._models.site_known(q.site_id):
+            if self._models.site_known(site_id):
                 raise Conflict(
-                    f"{where}site {q.site_id!r} has no active model yet; "
-                    f"POST /sites/{q.site_id}/finetune and wait for the job"
+                    f"{where}site {site_id!r} has no active model yet; "
+                    f"POST /sites/{site_id}/finetune and wait for the job"
                 )
-            raise NotFound(f"{where}site {q.site_id!r} not found")
+            raise NotFound(f"{where}site {site_id!r} not found")
         return lm
 
     def _detect(self, q: LocateIn, principal: Principal, where: str) -> LoadedModel:
@@ -148,6 +167,8 @@ class Locator:
             pred = lm.model.predict(batch)
             for k, i in enumerate(idxs):
                 p = prepared[i]
+                if p.query.session_id is not None and pred.neighbours is not None:
+                    p.neighbours = (pred.neighbours[0][k], pred.neighbours[1][k])
                 qid = time_ordered_id()
                 building = pred.building[k]
                 out: dict[str, Any] = {

@@ -166,12 +166,12 @@ class Tracker:
         self,
         store: SessionStore,
         plans: Callable[[str], dict[str, Walkable]] | None = None,
-        cfg: FilterConfig = FilterConfig(),
+        cfg: FilterConfig | None = None,
         use_neighbours: bool = True,
     ) -> None:
         self.store = store
         self._plans = plans
-        self.cfg = cfg
+        self.cfg = cfg or FilterConfig()
         self.use_neighbours = use_neighbours
 
     @staticmethod
@@ -251,3 +251,59 @@ def _check(s: Session, site_id: str | None, t_ms: int, session_id: str, where: s
 
 def _point(p: Estimate) -> dict[str, Any]:
     return {"timestamp": p.t_ms, "x": round(p.x, 3), "y": round(p.y, 3), "floor": p.floor, "error_m": p.error_m}
+
+
+# ---------------------------------------------------------------- the /locate hook
+
+
+class SessionHook:
+    """What `/locate` calls for queries that carry a `session_id` (see app.services.locate)."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def site_for_motion_only(self, q: Any, owner: str, where: str) -> str:
+        """A session query without WiFi is at its session's site."""
+        site = self.tracker.site_of(owner=owner, session_id=q.session_id)
+        if site is None:
+            raise Invalid(f"{where}session {q.session_id!r} has no position yet: its first query needs a WiFi scan")
+        return str(site)
+
+    def check(self, queries: list[Any], site_ids: list[str], owner: str) -> None:
+        many = len(queries) > 1
+        for i, (q, site) in enumerate(zip(queries, site_ids, strict=True)):
+            if q.session_id is not None:
+                where = f"queries[{i}]: " if many else ""
+                self.tracker.check(owner=owner, session_id=q.session_id, site_id=site, t_ms=q.timestamp, where=where)
+
+    def apply(
+        self,
+        queries: list[Any],
+        neighbours: list[tuple[np.ndarray, np.ndarray] | None],
+        sensors: list[SensorData | None],
+        outs: list[dict[str, Any]],
+        rows: list[dict[str, Any]],
+        owner: str,
+    ) -> None:
+        """Replace each session query's answer (and its query-log row) by its session's causal estimate."""
+        many = len(queries) > 1
+        for i, q in enumerate(queries):
+            if q.session_id is None:
+                continue
+            out = outs[i]
+            fix = None
+            if q.wifi:
+                fix = fix_from_answer(out["x"], out["y"], out["floor"], out["error_m"], neighbours[i])
+            est = self.tracker.update(
+                owner=owner,
+                session_id=q.session_id,
+                site_id=out["site_id"],
+                t_ms=int(q.timestamp),
+                sensors=sensors[i],
+                fix=fix,
+                scan=scan_key([(e.bssid, e.rssi) for e in q.wifi]),
+                where=f"queries[{i}]: " if many else "",
+            )
+            answer = {"x": est.x, "y": est.y, "floor": est.floor, "error_m": est.error_m}
+            out.update(answer, session_id=q.session_id)
+            rows[i].update(answer, session_id=q.session_id)

@@ -81,8 +81,6 @@ def _has_windows(s: Session, site_id: str) -> bool:
     return s.scalar(select(Window.id).where(Window.site_id == site_id).limit(1)) is not None
 
 
-
-
 def run_finetune(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, Any]:
     """The finetune pipeline (`ml.finetune`: split -> fit -> evaluate -> refit) on the site's survey, published
     as a new version. Its metrics are the scored model's on the holdout; what is served is that model refitted

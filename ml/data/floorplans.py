@@ -9,6 +9,8 @@ south-west corner of the outline's bounding box, so the outline's bounding box i
 from __future__ import annotations
 
 import json
+import os
+import tarfile
 from typing import Any
 
 import shapely
@@ -49,3 +51,32 @@ def ilc_plan_collection(geojson_bytes: bytes, floor_info_bytes: bytes, name: str
     except ValueError as e:
         raise DataFormatError(f"map file is not JSON ({e})", name) from None
     return walkable_collection(ilc_walkable(gj, fi, name), {"walkable": True, "source": "ilc2020"})
+
+
+def read_ilc_plans(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """{floor: walkable FeatureCollection} for every `<floor>/geojson_map.json` + `floor_info.json` pair in an ILC
+    floor archive (or a single trace file: none). The floor is the maps' folder name, as for the traces."""
+    found: dict[str, dict[str, bytes]] = {}
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            head = f.read(512)
+        if not (head.startswith((b"\xfd7zXZ\x00", b"\x1f\x8b", b"BZh")) or head[257:262] == b"ustar"):
+            return {}
+        with tarfile.open(name, mode="r|*") as tar:
+            for m in tar:
+                base = m.name.rsplit("/", 1)[-1]
+                if not m.isfile() or base not in ("geojson_map.json", "floor_info.json") or "/" not in m.name:
+                    continue
+                if m.size > 64 << 20:
+                    raise DataFormatError("map file larger than 64 MiB", m.name)
+                fobj = tar.extractfile(m)
+                floor = m.name.rsplit("/", 2)[-2]
+                found.setdefault(floor, {})[base] = fobj.read() if fobj is not None else b""
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataFormatError(f"unreadable archive ({e})", name) from None
+    return {
+        floor: ilc_plan_collection(files["geojson_map.json"], files["floor_info.json"], f"{floor}/geojson_map.json")
+        for floor, files in sorted(found.items())
+        if len(files) == 2
+    }

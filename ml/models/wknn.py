@@ -744,9 +744,7 @@ class WKNN(LocModel):
             out[heard] = c.dist[:, :, 0].min(axis=1)
         return out
 
-    def _match(
-        self, q: SparseRows
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    def _match(self, q: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Floor group, position, error estimate, and the neighbours on that floor (positions, weights)."""
         p = self.params
         k = max(p.k, p.k_building, p.k_floor, SPREAD_K)

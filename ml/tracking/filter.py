@@ -345,11 +345,23 @@ def _record(state: TrackState, t_ms: int, u: np.ndarray, q: float, cfg: FilterCo
     if state.floor not in state.floors:
         state.floors.append(state.floor)
     row = np.array(
-        [t_ms, m[0], m[1], err, cov[0, 0], cov[0, 1], cov[1, 1], u[0], u[1], q, state.segment,
-         state.floors.index(state.floor)],
+        [
+            t_ms,
+            m[0],
+            m[1],
+            err,
+            cov[0, 0],
+            cov[0, 1],
+            cov[1, 1],
+            u[0],
+            u[1],
+            q,
+            state.segment,
+            state.floors.index(state.floor),
+        ],
         dtype=np.float64,
     )
-    state.history = np.vstack([state.history[-(cfg.max_points - 1):], row[None]])
+    state.history = np.vstack([state.history[-(cfg.max_points - 1) :], row[None]])
     state.n += 1
     return Estimate(t_ms, float(m[0]), float(m[1]), state.floor, round(err, 3))
 

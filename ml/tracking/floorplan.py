@@ -66,7 +66,7 @@ class Walkable:
             res *= 2
         self.res = res
         self.x0, self.y0 = x0, y0
-        nx, ny = int(math.ceil((x1 - x0) / res)) + 1, int(math.ceil((y1 - y0) / res)) + 1
+        nx, ny = math.ceil((x1 - x0) / res) + 1, math.ceil((y1 - y0) / res) + 1
         cx = x0 + (np.arange(nx) + 0.5) * res
         cy = y0 + (np.arange(ny) + 0.5) * res
         gx, gy = np.meshgrid(cx, cy)

@@ -66,7 +66,7 @@ def displacement(s: SensorData, state: MotionState, cfg: MotionConfig = MotionCo
     sl = slice(max(0, len(accel) - keep), len(accel))
     accel = accel[sl]
     mag_now = np.linalg.norm(accel, axis=1) - GRAVITY
-    w = max(1, int(round(cfg.smooth_s * rate)))
+    w = max(1, round(cfg.smooth_s * rate))
     tail = state.tail.astype(np.float64)
     sig = np.concatenate([tail, mag_now])
     smooth = np.convolve(sig, np.ones(w) / w, mode="same") if len(sig) >= w else sig
@@ -83,7 +83,7 @@ def displacement(s: SensorData, state: MotionState, cfg: MotionConfig = MotionCo
         if t_rel[p] - last_t >= cfg.min_step_s:
             steps.append(p)
             last_t = t_rel[p]
-    amp = float(smooth[len(tail):].max() - smooth[len(tail):].min()) if len(mag_now) else 0.0
+    amp = float(smooth[len(tail) :].max() - smooth[len(tail) :].min()) if len(mag_now) else 0.0
     stride = float(np.clip(cfg.weinberg_k * max(amp, 0.0) ** 0.25, cfg.min_stride_m, cfg.max_stride_m))
     headings = _headings(s, sl, rate, len(accel))
     dx = dy = 0.0
@@ -95,7 +95,7 @@ def displacement(s: SensorData, state: MotionState, cfg: MotionConfig = MotionCo
             dy += stride * np.sin(headings[i])
         heading = float(headings[-1])
     # carry: enough samples for the moving average plus one to judge the window's last sample next time
-    state.tail = sig[-(w + 2):].astype(np.float32)
+    state.tail = sig[-(w + 2) :].astype(np.float32)
     dur_now = len(mag_now) / rate
     state.since_step_s = float(min(dur_now - last_t, 10.0))
     return Displacement(dx, dy, len(steps) if headings is not None else 0, dur, heading)
@@ -129,10 +129,7 @@ def _headings(s: SensorData, sl: slice, rate: float, n: int) -> np.ndarray | Non
 def rotation_heading(q: np.ndarray) -> np.ndarray:
     """Heading of the device y axis from Android rotation-vector samples [x, y, z(, w)] (ENU world frame)."""
     x, y, z = q[:, 0], q[:, 1], q[:, 2]
-    if q.shape[1] >= 4:
-        w = q[:, 3]
-    else:
-        w = np.sqrt(np.clip(1.0 - x * x - y * y - z * z, 0.0, None))
+    w = q[:, 3] if q.shape[1] >= 4 else np.sqrt(np.clip(1.0 - x * x - y * y - z * z, 0.0, None))
     east = 2.0 * (x * y - w * z)
     north = 1.0 - 2.0 * (x * x + z * z)
     return np.arctan2(north, east)
