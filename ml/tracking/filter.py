@@ -36,8 +36,10 @@ from ml.types import SensorData
 
 _FORMAT = 1
 _LEN = struct.Struct("<I")
-# history columns: t_ms, x, y, error_m, Pxx, Pxy, Pyy, ux, uy, q, segment, floor index
-_H = 12
+# history columns: t_ms, x, y, error_m, Pxx, Pxy, Pyy, ux, uy, q, segment, floor index,
+# then the raw inputs for the whole-walk smoother: PDR dx, dy at scale 1 / bias 0 (NaN: no window),
+# the fix used at this point x, y, sigma (NaN: none)
+_H = 17
 
 
 @dataclass(frozen=True)
@@ -224,9 +226,8 @@ def step(
             raise NoPosition("the session has no position yet: its first query needs a WiFi scan")
         state = start(seed, t_ms, fix, cfg)
         state.last_scan = scan_key
-        u = np.zeros(2)
-        q = 0.0
-        return state, _record(state, t_ms, u, q, cfg)
+        sig = max(fix.error_m * cfg.fix_sigma_scale, cfg.min_fix_sigma_m)
+        return state, _record(state, t_ms, np.zeros(2), 0.0, cfg, (math.nan, math.nan), (fix.x, fix.y, sig))
     rng = _rng(state.seed, state.n + 1)
     dt = max(0.0, (t_ms - state.t_ms) / 1000.0)
     p, w = state.particles, state.weights
@@ -235,6 +236,7 @@ def step(
     # 1. predict
     if sensors is not None or motion is not None:
         d = motion if motion is not None else displacement(sensors, state.motion, cfg.motion)  # type: ignore[arg-type]
+        raw = (d.dx, d.dy)
         n = len(p)
         p[:, 2] += rng.normal(0, cfg.scale_walk, n)
         p[:, 3] += rng.normal(0, cfg.bias_walk, n)
@@ -246,6 +248,7 @@ def step(
     else:
         noise = cfg.blind_speed_mps * max(dt, 0.2)
         q = noise**2
+        raw = (math.nan, math.nan)
     p[:, :2] += rng.normal(0, noise, (len(p), 2))
     u = (w[:, None] * p[:, :2]).sum(axis=0) - before  # the motion alone: what the smoother's model predicts
     # 2. walkable area (soft)
@@ -258,16 +261,22 @@ def step(
         w = w * np.where(ok, 1.0, cfg.off_plan_weight)
         w /= w.sum()
     # 3. WiFi
+    used: tuple[float, float, float] | None = None
     if fix is not None and scan_key != state.last_scan:
         state.last_scan = scan_key
+        segment = state.segment
         p, w = _measure(state, p, w, fix, cfg, rng, plans)
+        if fix.floor == state.floor:
+            used = (fix.x, fix.y, max(fix.error_m * cfg.fix_sigma_scale, cfg.min_fix_sigma_m))
+            if state.segment != segment:
+                raw = (math.nan, math.nan)  # a restart: nothing links this point to the previous one
     state.particles, state.weights = p, w
     # 4. resample
     if 1.0 / float((w**2).sum()) < 0.5 * len(w):
         state.particles = _systematic(p, w, rng)
         state.weights = np.full(len(w), 1.0 / len(w))
     state.t_ms = t_ms
-    return state, _record(state, t_ms, u, q, cfg)
+    return state, _record(state, t_ms, u, q, cfg, raw, used)
 
 
 def _measure(
@@ -335,7 +344,15 @@ def _systematic(p: np.ndarray, w: np.ndarray, rng: np.random.Generator) -> np.nd
     return p[idx].copy()
 
 
-def _record(state: TrackState, t_ms: int, u: np.ndarray, q: float, cfg: FilterConfig) -> Estimate:
+def _record(
+    state: TrackState,
+    t_ms: int,
+    u: np.ndarray,
+    q: float,
+    cfg: FilterConfig,
+    raw: tuple[float, float],
+    used: tuple[float, float, float] | None,
+) -> Estimate:
     p, w = state.particles, state.weights
     m = (w[:, None] * p[:, :2]).sum(axis=0)
     d = p[:, :2] - m
@@ -358,6 +375,9 @@ def _record(state: TrackState, t_ms: int, u: np.ndarray, q: float, cfg: FilterCo
             q,
             state.segment,
             state.floors.index(state.floor),
+            raw[0],
+            raw[1],
+            *(used if used is not None else (math.nan, math.nan, math.nan)),
         ],
         dtype=np.float64,
     )
