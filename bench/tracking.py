@@ -304,6 +304,59 @@ def _line(r: dict[str, Any]) -> str:
     )
 
 
+def render(result: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks/tracking.md from a result JSON (`--render FILE`)."""
+    lines = [
+        "| site / floor | paths | s | single-query wknn mean / median / P90 | causal + plan | causal, no plan "
+        "| smoothed + plan | smoothed, no plan | causal / single | smoothed / single |",
+        "|---|--:|--:|---|---|---|---|---|--:|--:|",
+    ]
+
+    def cell(x: dict[str, Any]) -> str:
+        return f"{x.get('mean_m', '-')} / {x.get('median_m', '-')} / {x.get('p90_m', '-')}"
+
+    def row(name: str, r: dict[str, Any]) -> str:
+        return (
+            f"| {name} | {r['paths']} | {r['single']['n']} | {cell(r['single'])} | {cell(r['causal_plan'])} "
+            f"| {cell(r['causal_noplan'])} | {cell(r['smoothed_plan'])} | {cell(r['smoothed_noplan'])} "
+            f"| {r['causal_plan'].get('ratio_to_single')} | {r['smoothed_plan'].get('ratio_to_single')} |"
+        )
+
+    for site, v in result["sites"].items():
+        for floor, r in v["floors"].items():
+            lines.append(row(f"{site} {floor}", r))
+        lines.append(row(f"**{site} pooled**", v["pooled"]))
+    lines += [
+        "",
+        "| all-floors site | paths | single mean m | single floor hit | causal + plan mean m | causal + plan floor hit "
+        "| causal, no plan floor hit | smoothed + plan mean m |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for site, v in result["sites"].items():
+        a = v.get("allfloors")
+        if a:
+            lines.append(
+                f"| {site} | {a['paths']} | {a['single']['mean_m']} | {a['single']['floor_hit']} "
+                f"| {a['causal_plan']['mean_m']} | {a['causal_plan']['floor_hit']} "
+                f"| {a['causal_noplan']['floor_hit']} | {a['smoothed_plan']['mean_m']} |"
+            )
+    lines += [
+        "",
+        "| site / floor | PDR 1 s windows | mean displacement error m | median m | mean true displacement m "
+        "| session query CPU p50 / p99 ms | wall p50 / p99 ms | largest session state, bytes |",
+        "|---|--:|--:|--:|--:|---|---|--:|",
+    ]
+    for site, v in result["sites"].items():
+        for floor, r in [*v["floors"].items(), ("pooled", v["pooled"])]:
+            p, c = r.get("pdr_1s", {}), r.get("session_query_ms", {})
+            lines.append(
+                f"| {site} {floor} | {p.get('n')} | {p.get('mean_error_m')} | {p.get('median_error_m')} "
+                f"| {p.get('mean_true_displacement_m')} | {c.get('cpu_p50')} / {c.get('cpu_p99')} "
+                f"| {c.get('wall_p50')} / {c.get('wall_p99')} | {r.get('session_state_bytes_max')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.tracking", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", type=Path, default=None)
@@ -316,12 +369,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--tag", default="")
+    p.add_argument("--render", type=Path, default=None, help="print the markdown tables of a result JSON and exit")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.render is not None:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
     data_dir = args.data_dir or default_data_dir()
     if data_dir is None or not (data_dir / "ilc2020").is_dir():
         print("python -m bench.tracking: error: no ILC data (pass --data-dir)", file=sys.stderr)
