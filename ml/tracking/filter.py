@@ -61,7 +61,8 @@ class FilterConfig:
     inject_fraction: float = 0.02  # particles re-drawn around each fix
     reinit_after: int = 6  # consecutive disagreeing fixes before the cloud restarts at the fix
     reinit_distance: float = 3.0  # "disagree" = fix farther than this x (fix error + cloud spread)
-    floor_votes: int = 2  # consecutive fixes on another floor before the floor changes
+    floor_votes: int = 2  # consecutive fixes on another floor before the floor changes...
+    settle_fixes: int = 3  # ...once this many fixes agreed with the current floor (before that, one vote)
     max_points: int = 7200  # history kept for the smoother (2 h at 1 Hz)
     error_floor_m: float = 1.0
     motion: MotionConfig = field(default_factory=MotionConfig)
@@ -100,6 +101,7 @@ class TrackState:
     floors: list[str] = field(default_factory=list)  # floor labels referenced by history
     cand_floor: str | None = None
     cand_votes: int = 0
+    floor_agree: int = 1  # fixes that agreed with the current floor since it was set
     disagree: int = 0
     last_scan: str | None = None
     motion: MotionState = field(default_factory=MotionState)
@@ -117,6 +119,7 @@ class TrackState:
             "floors": self.floors,
             "cand_floor": self.cand_floor,
             "cand_votes": self.cand_votes,
+            "floor_agree": self.floor_agree,
             "disagree": self.disagree,
             "last_scan": self.last_scan,
             "since_step_s": self.motion.since_step_s,
@@ -164,6 +167,7 @@ class TrackState:
             floors=list(head["floors"]),
             cand_floor=head["cand_floor"],
             cand_votes=head["cand_votes"],
+            floor_agree=head["floor_agree"],
             disagree=head["disagree"],
             last_scan=head["last_scan"],
             motion=MotionState(tail=tail, since_step_s=head["since_step_s"]),
@@ -293,13 +297,16 @@ def _measure(
             state.cand_votes += 1
         else:
             state.cand_floor, state.cand_votes = fix.floor, 1
-        if state.cand_votes < cfg.floor_votes:
+        # a floor not yet confirmed by a few fixes (e.g. the session's first answer) yields to one vote
+        needed = cfg.floor_votes if state.floor_agree >= cfg.settle_fixes else 1
+        if state.cand_votes < needed:
             return p, w  # its x, y are on another floor: not a measurement of this one
         state.floor = fix.floor
-        state.cand_floor, state.cand_votes, state.disagree = None, 0, 0
+        state.cand_floor, state.cand_votes, state.disagree, state.floor_agree = None, 0, 0, 1
         state.segment += 1
         return _cloud(fix, cfg, rng, len(p)), np.full(len(p), 1.0 / len(p))
     state.cand_floor, state.cand_votes = None, 0
+    state.floor_agree += 1
     mean = (w[:, None] * p[:, :2]).sum(axis=0)
     spread = math.sqrt(float((w * ((p[:, :2] - mean) ** 2).sum(axis=1)).sum()))
     sigma = max(fix.error_m * cfg.fix_sigma_scale, cfg.min_fix_sigma_m)
