@@ -219,14 +219,18 @@ def stats(e: list[float]) -> dict[str, float | int]:
     }
 
 
+def _rate(hits: list[bool]) -> float:
+    return round(float(np.mean(hits)), 4) if hits else float("nan")
+
+
 def summarise(reps: list[Replay], variants: list[str]) -> dict[str, Any]:
     single = [e for r in reps for e in r.single]
     out: dict[str, Any] = {"paths": len(reps), "single": stats(single)}
-    out["single"]["floor_hit"] = round(float(np.mean([f for r in reps for f in r.single_floor] or [np.nan])), 4)
+    out["single"]["floor_hit"] = _rate([f for r in reps for f in r.single_floor])
     base = out["single"].get("mean_m")
     for v in variants:
         c = stats([e for r in reps for e in r.causal.get(v, [])])
-        c["floor_hit"] = round(float(np.mean([f for r in reps for f in r.causal_floor.get(v, [])] or [np.nan])), 4)
+        c["floor_hit"] = _rate([f for r in reps for f in r.causal_floor.get(v, [])])
         s = stats([e for r in reps for e in r.smoothed.get(v, [])])
         if base:
             c["ratio_to_single"] = round(c.get("mean_m", np.nan) / base, 3)

@@ -92,7 +92,7 @@ class RedisStore:
 
     def get(self, key: str) -> bytes | None:
         v = self._redis.get(_PREFIX + key)
-        return None if v is None else bytes(v)
+        return None if v is None else bytes(v)  # type: ignore[arg-type]  # a client without decode_responses
 
     def update(self, key: str, fn: Callable[[bytes | None], tuple[bytes, T]]) -> T:
         import redis

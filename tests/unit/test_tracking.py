@@ -240,3 +240,27 @@ def test_ilc_map_to_site_metres() -> None:
     walk = ilc_walkable(gj, {"map_info": {"width": 40.0, "height": 10.0}})
     assert walk.bounds == pytest.approx((20.0, 0.0, 40.0, 10.0))  # the west half is a shop
     assert walk.area == pytest.approx(200.0)
+
+
+def test_memory_store_expires_silent_sessions_and_scopes_by_owner() -> None:
+    import time
+
+    from app.services.sessions import MemoryStore, Tracker, scan_key
+
+    tracker = Tracker(MemoryStore(ttl_s=0.05))
+    fix = Fix(1.0, 2.0, "1", 3.0)
+    tracker.update(owner="a", session_id="s", site_id="x", t_ms=0, sensors=None, fix=fix, scan="k")
+    assert tracker.read(owner="a", session_id="s")["points"][0]["x"] == pytest.approx(1.0, abs=5.0)
+    from app.errors import Invalid, NotFound
+
+    with pytest.raises(NotFound):
+        tracker.read(owner="b", session_id="s")
+    with pytest.raises(Invalid):  # time goes forward
+        tracker.update(owner="a", session_id="s", site_id="x", t_ms=-1, sensors=None, fix=None, scan=None)
+    with pytest.raises(Invalid):  # one site per session
+        tracker.update(owner="a", session_id="s", site_id="y", t_ms=5, sensors=None, fix=fix, scan="k")
+    time.sleep(0.1)
+    with pytest.raises(NotFound):
+        tracker.read(owner="a", session_id="s")
+    assert scan_key([("b", -50.0), ("a", -60.0)]) == scan_key([("a", -60.0), ("b", -50.0)])
+    assert scan_key([]) is None
