@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # The per-site update lock expires this long after its last renewal (a crashed worker frees it).
     cotrain_lock_seconds: float = Field(default=900.0, ge=10)
 
+    # Tracking sessions (/locate with session_id) are forgotten after this much silence.
+    session_ttl_s: float = Field(default=600.0, ge=1, le=7 * 24 * 3600)
+
     @field_validator("database_url", "redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:

@@ -14,7 +14,7 @@ from app.errors import Invalid
 from app.schemas.api import SurveyOut
 from app.services import sites as sites_svc
 from app.services.surveys import ingest
-from app.services.uploads import survey_batches
+from app.services.uploads import store_ilc_plans, survey_batches
 from ml.data.errors import DataFormatError
 
 
@@ -49,9 +49,12 @@ def import_file(settings: Settings, *, site_id: str, fmt: str, path: Path, windo
         ):
             site = sites_svc.get_site(s, site_id=site_id)
             try:
-                return ingest(
+                out = ingest(
                     s, site=site, batches=survey_batches(fmt, fh, window_stride_ms), fmt=fmt, filename=path.name
                 )
+                if fmt == "ilc2020":
+                    store_ilc_plans(s, site=site, path=str(path))
+                return out
             except DataFormatError as exc:
                 raise Invalid(f"{path.name}: {exc}") from None
     finally:

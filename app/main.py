@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.api import browse, health, jobs, keys, locate, models, sites
+from app.api import browse, health, jobs, keys, locate, models, plans, sessions, sites
 from app.api.console import mount_console
 from app.config import Settings, get_settings
 from app.errors import ErrorOut, install_handlers
@@ -38,7 +38,17 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     app = FastAPI(title="siteloc", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, **_no_otel())
     install_handlers(app)
-    for router in (sites.router, jobs.router, models.router, locate.router, keys.router, health.router, browse.router):
+    for router in (
+        sites.router,
+        plans.router,
+        jobs.router,
+        models.router,
+        locate.router,
+        sessions.router,
+        keys.router,
+        health.router,
+        browse.router,
+    ):
         app.include_router(router)
     mount_console(app)
     app.add_middleware(

@@ -11,8 +11,10 @@ from app.services.jobs import JobContext
 from app.services.keys import KeyAuthenticator
 from app.services.locate import Locator
 from app.services.notify import make_notifier
+from app.services.plans import PlanCache
 from app.services.querylog import QueryWriter
 from app.services.registry import ModelCache
+from app.services.sessions import SessionHook, Tracker, make_store
 from worker.dispatch import CeleryDispatcher, Dispatcher, EmbeddedScheduler, EmbeddedWorker
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,16 @@ class Runtime:
             if settings.embedded
             else CeleryDispatcher(settings)
         )
-        self.locator = Locator(settings=settings, models=self.models, writer=self.writer)
+        # Tracking sessions: Redis in full mode (any API process continues a session), a dict in embedded mode.
+        lock = settings.embedded_worker_lock_path() if settings.embedded else None
+        self.session_store = make_store(
+            settings.redis_url, settings.session_ttl_s, lock.with_name(lock.name + ".sessions") if lock else None
+        )
+        self.plans = PlanCache(self.db)
+        self.tracker = Tracker(self.session_store, self.plans)
+        self.locator = Locator(
+            settings=settings, models=self.models, writer=self.writer, sessions=SessionHook(self.tracker)
+        )
         # Full mode schedules with Celery beat; embedded mode with a thread running the same check.
         # Full mode also sweeps dead workers' jobs from each API process (cotrain=False: beat schedules updates).
         self.scheduler = EmbeddedScheduler(
@@ -76,4 +87,7 @@ class Runtime:
         self.models.stop()
         self.writer.stop()
         self.notifier.close()
+        close = getattr(self.session_store, "close", None)
+        if close is not None:
+            close()
         self.db.dispose()

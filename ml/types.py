@@ -33,6 +33,8 @@ class SensorData:
     accel: np.ndarray | None = None
     gyro: np.ndarray | None = None
     mag: np.ndarray | None = None
+    # Android TYPE_ROTATION_VECTOR, (T, 3) [x, y, z] or (T, 4) [x, y, z, w]: a unit quaternion device -> ENU world
+    rotation: np.ndarray | None = None
 
 
 @dataclass(slots=True)

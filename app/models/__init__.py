@@ -3,6 +3,7 @@
 from app.models.tables import (
     ApiKey,
     Base,
+    FloorPlan,
     Job,
     ModelVersion,
     Query,
@@ -17,6 +18,7 @@ from app.models.tables import (
 __all__ = [
     "ApiKey",
     "Base",
+    "FloorPlan",
     "Job",
     "ModelVersion",
     "Query",

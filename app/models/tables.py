@@ -143,8 +143,12 @@ class Query(Base):
     model_version: Mapped[int] = mapped_column(Integer)
     # Set by co-training to the job that consumed this query (queries are used once).
     used_by_job: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The tracking session the query belonged to (client-chosen id, scoped by the key that opened it):
+    # a session's queries, in time order, are one walk for self-maintenance updates.
+    session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     __table_args__ = (
         Index("ix_queries_site_id_id", "site_id", "id"),
+        Index("ix_queries_site_id_session_id", "site_id", "session_id"),
         # The co-training pool (migration 0002): only rows no update has used.
         Index(
             "ix_queries_unused_site_id_id",
@@ -154,6 +158,17 @@ class Query(Base):
             sqlite_where=text("used_by_job IS NULL"),
         ),
     )
+
+
+class FloorPlan(Base):
+    """A floor's walkable area: a GeoJSON FeatureCollection of polygons in the site's metric frame."""
+
+    __tablename__ = "floor_plans"
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), primary_key=True)
+    floor: Mapped[str] = mapped_column(String(64), primary_key=True)
+    geojson: Mapped[dict[str, Any]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(32))  # api | ilc2020
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ModelVersion(Base):

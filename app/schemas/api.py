@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.schemas.common import (
     FingerprintIn,
@@ -136,7 +136,31 @@ class LocateIn(BaseModel):
         "(mtloc), which also answer a query with sensors and no WiFi",
     )
     device: Text | None = None
-    timestamp: Millis | None = Field(default=None, description="unix milliseconds, when the scan was taken")
+    timestamp: Millis | None = Field(
+        default=None, description="unix milliseconds, when the scan was taken (required with session_id)"
+    )
+    session_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Tracking session (client-chosen, 1-64 printable characters, e.g. one per walk): the answer "
+        "is the session's estimate from this and its earlier queries (WiFi fixes, motion from `sensors`, the "
+        "floor plan). Needs `timestamp`, non-decreasing within the session. A session query may carry only "
+        "`sensors` once the session has a position. GET /sessions/{session_id} returns the whole track",
+    )
+
+    @field_validator("session_id")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        if v is not None and not v.isprintable():
+            raise ValueError("session_id must be 1-64 printable characters")
+        return v
+
+    @model_validator(mode="after")
+    def _session_needs_time(self) -> LocateIn:
+        if self.session_id is not None and self.timestamp is None:
+            raise ValueError("a query with session_id needs 'timestamp' (unix ms, non-decreasing in the session)")
+        return self
 
 
 class ModelRef(BaseModel):
@@ -153,6 +177,7 @@ class LocateOut(BaseModel):
     error_m: float = Field(description="The model's own estimate of this answer's error, metres")
     model: ModelRef
     query_id: str
+    session_id: str | None = Field(default=None, description="Echoed for session queries")
 
 
 class LocateBatchIn(BaseModel):
@@ -180,6 +205,32 @@ class KeyOut(BaseModel):
     sites: list[str] | None
     name: str
     created_at: UtcDatetime | None = None
+
+
+class TrackPoint(BaseModel):
+    timestamp: int
+    x: float
+    y: float
+    floor: str
+    error_m: float
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    site_id: str
+    points: list[TrackPoint] = Field(description="The causal answers, one per answered query")
+    smoothed: list[TrackPoint] = Field(
+        description="The whole walk smoothed forward-backward, one point per answered query timestamp"
+    )
+
+
+class PlanOut(BaseModel):
+    site_id: str
+    floor: str
+    source: str
+    updated_at: UtcDatetime
+    area_m2: float
+    plan: dict[str, Any] = Field(description="GeoJSON FeatureCollection of walkable polygons, site metres")
 
 
 __all__ = ["FingerprintIn", "SensorWindowIn", "WifiEntry"]

@@ -79,6 +79,11 @@ Xyz = Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_le
 # Physically possible bounds for phone sensors (Android axes and units). Beyond them a value is a unit
 # mistake (milli-g, degrees/s, nT, ...) rather than a reading, and is refused with a 422.
 SENSOR_LIMITS = {"accel": (200.0, "m/s^2"), "gyro": (50.0, "rad/s"), "mag": (2000.0, "uT")}
+MAX_WINDOW_S = 10.0  # a session query's window covers the time since its previous query, up to this
+
+Quat = Annotated[
+    list[Annotated[float, Field(allow_inf_nan=False, ge=-1.001, le=1.001)]], Field(min_length=3, max_length=4)
+]
 
 
 class SensorWindowIn(BaseModel):
@@ -90,9 +95,24 @@ class SensorWindowIn(BaseModel):
     accel: list[Xyz] | None = Field(default=None, max_length=2000, description="Accelerometer, m/s^2")
     gyro: list[Xyz] | None = Field(default=None, max_length=2000, description="Gyroscope, rad/s")
     mag: list[Xyz] | None = Field(default=None, max_length=2000, description="Magnetometer, uT")
+    rotation: list[Quat] | None = Field(
+        default=None,
+        max_length=2000,
+        description="Android TYPE_ROTATION_VECTOR: [x, y, z] or [x, y, z, w], a unit quaternion rotating the "
+        "phone's axes into the east-north-up world frame. Tracking sessions take the heading from it "
+        "(else from gyroscope + magnetometer + accelerometer)",
+    )
 
     @model_validator(mode="after")
     def _plausible(self) -> SensorWindowIn:
+        for name in ("accel", "gyro", "mag", "rotation"):
+            samples = getattr(self, name)
+            if samples is not None and len(samples) / self.rate_hz > MAX_WINDOW_S + 0.5:
+                raise ValueError(
+                    f"{name}: {len(samples)} samples at {self.rate_hz:g} Hz is more than {MAX_WINDOW_S:g} s"
+                )
+        if self.rotation is not None and len({len(q) for q in self.rotation}) > 1:
+            raise ValueError("rotation: every sample has 3 values [x, y, z] or every sample 4 [x, y, z, w]")
         for name, (limit, unit) in SENSOR_LIMITS.items():
             samples = getattr(self, name)
             if samples is None:

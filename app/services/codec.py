@@ -45,9 +45,12 @@ def unpack_sensors(blob: bytes) -> SensorData:
 def sensors_from_api(d: dict[str, Any] | None) -> SensorData | None:
     if not d:
         return None
+    rot = d.get("rotation")
     return SensorData(
         rate_hz=float(d["rate_hz"]),
         **{m: (np.asarray(d[m], dtype=np.float32).reshape(-1, 3) if d.get(m) else None) for m in _MODALITIES},
+        # not in the packed query-log format (accel/gyro/mag only): used by tracking sessions as it arrives
+        rotation=np.asarray(rot, dtype=np.float32) if rot else None,
     )
 
 

@@ -17,6 +17,7 @@ from app.services.codec import pack_sensors, sensors_from_api
 from app.services.ids import time_ordered_id
 from app.services.querylog import QueryWriter
 from app.services.registry import LoadedModel, ModelCache
+from app.services.sessions import SessionHook
 from app.services.storable import check_query_rows
 from ml.detect import detect_site, score_sites
 from ml.models.base import Prediction, QueryBatch
@@ -30,13 +31,17 @@ class _Prepared:
     age: np.ndarray
     sensors: SensorData | None
     query: LocateIn
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None  # the model's survey points behind the answer
 
 
 class Locator:
-    def __init__(self, *, settings: Settings, models: ModelCache, writer: QueryWriter) -> None:
+    def __init__(
+        self, *, settings: Settings, models: ModelCache, writer: QueryWriter, sessions: SessionHook | None = None
+    ) -> None:
         self._settings = settings
         self._models = models
         self._writer = writer
+        self._sessions = sessions
 
     async def locate(self, queries: list[LocateIn], principal: Principal) -> list[dict[str, Any]]:
         """Answer every query, or none: any bad query fails the whole request before anything is stored.
@@ -53,8 +58,18 @@ class Locator:
             if lm is None:  # a cold site, or detection that needs a load or a tie-break: off the loop
                 lm = await asyncio.to_thread(self._model_for, q, principal, where)
             prepared.append(self._prepare(q, lm, where))
+        # Tracking sessions: checked before anything is answered, applied after the model's answers.
+        tracked = self._sessions is not None and any(q.session_id is not None for q in queries)
+        if tracked:
+            assert self._sessions is not None
+            self._sessions.check(queries, [p.model.site_id for p in prepared], principal.key_id)
         preds = await self._infer(prepared)
         outs, rows = self._answers(prepared, preds)
+        if tracked:
+            assert self._sessions is not None
+            self._sessions.apply(
+                queries, [p.neighbours for p in prepared], [p.sensors for p in prepared], outs, rows, principal.key_id
+            )
         check_query_rows(rows)  # issue 19: nothing answered is unstorable (a bad row would fail its whole commit)
         try:
             await self._writer.write(rows)
@@ -75,7 +90,8 @@ class Locator:
     def _prepare(self, q: LocateIn, lm: LoadedModel, where: str) -> _Prepared:
         rss, age, known = self._row(q, lm)
         sensors = sensors_from_api(q.sensors.model_dump()) if q.sensors else None
-        if known == 0 and not (sensors is not None and lm.model.trains_on == "windows"):
+        motion_only = q.session_id is not None and not q.wifi  # answered by the session from motion alone
+        if known == 0 and not motion_only and not (sensors is not None and lm.model.trains_on == "windows"):
             if not q.wifi:
                 raise Invalid(f"{where}site {lm.site_id!r}'s active model ({lm.name}) needs a WiFi scan")
             raise Invalid(
@@ -86,6 +102,8 @@ class Locator:
 
     def _cached_model(self, q: LocateIn, principal: Principal, where: str) -> LoadedModel | None:
         """The model from memory alone (no database, no load, no distance computation), or None."""
+        if q.site_id is None and q.session_id is not None and not q.wifi:
+            return None  # a motion-only session query: its site comes from the session (slow path)
         if q.site_id is None:
             candidates = self._candidates(q, principal, load=False)
             if candidates is None:
@@ -104,12 +122,15 @@ class Locator:
 
     def _model_for(self, q: LocateIn, principal: Principal, where: str) -> LoadedModel:
         """Blocking: may read the database and load a model."""
-        if q.site_id is None:
+        site_id = q.site_id
+        if site_id is None and q.session_id is not None and not q.wifi and self._sessions is not None:
+            site_id = self._sessions.site_for_motion_only(q, principal.key_id, where)
+        if site_id is None:
             return self._detect(q, principal, where)
-        principal.require_site(q.site_id)
-        lm = self._models.get(q.site_id)
+        principal.require_site(site_id)
+        lm = self._models.get(site_id)
         if lm is None:
-            self._raise_missing(q.site_id, where)
+            self._raise_missing(site_id, where)
         return lm
 
     def _raise_missing(self, site_id: str, where: str) -> NoReturn:
@@ -202,6 +223,8 @@ class Locator:
         rows: list[dict[str, Any]] = []
         for p, (pred, k) in zip(prepared, preds, strict=True):
             lm = p.model
+            if p.query.session_id is not None and pred.neighbours is not None:
+                p.neighbours = (pred.neighbours[0][k], pred.neighbours[1][k])
             qid = time_ordered_id()
             building = pred.building[k]
             out: dict[str, Any] = {

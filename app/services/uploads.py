@@ -10,15 +10,18 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from app.errors import Invalid, PayloadTooLarge
+from app.models import Site
 from app.runtime import Runtime
 from app.schemas.api import SurveyIn, SurveyOut
 from app.services import sites as sites_svc
 from app.services.codec import fingerprint_from_api
+from app.services.plans import put_plan
 from app.services.surveys import SurveyBatch, chunked, ingest
 from ml.data.errors import DataFormatError
 
@@ -91,7 +94,7 @@ def _store_file(rt: Runtime, site_id: str, file: IO[bytes], fmt: str, filename: 
         file.seek(0)
         with open(path, "wb") as out:
             shutil.copyfileobj(file, out, length=1024 * 1024)
-        return _store(rt, site_id, lambda: survey_batches(fmt, path, stride), fmt, filename)
+        return _store(rt, site_id, lambda: survey_batches(fmt, path, stride), fmt, filename, plans_from=path)
 
 
 def _safe_name(filename: str | None, fmt: str) -> str:
@@ -122,11 +125,26 @@ def _store(
     batches: Callable[[], Iterator[SurveyBatch]],
     fmt: str,
     filename: str | None,
+    plans_from: str | None = None,
 ) -> SurveyOut:
     with rt.db.session() as s:
         site = sites_svc.get_site(s, site_id=site_id)
         try:
             out = ingest(s, site=site, batches=batches(), fmt=fmt, filename=filename)
+            if fmt == "ilc2020" and plans_from is not None:
+                store_ilc_plans(s, site=site, path=plans_from)
         except DataFormatError as exc:
             raise Invalid(f"{fmt} file: {exc}") from None
+    rt.plans.invalidate(site_id)
     return out
+
+
+def store_ilc_plans(s: Session, *, site: Site, path: str) -> int:
+    """The floor plans of an ILC archive (geojson_map.json + floor_info.json per floor), in the survey's
+    transaction; returns how many floors had one."""
+    from ml.data.floorplans import read_ilc_plans
+
+    plans = read_ilc_plans(path)
+    for floor, fc in plans.items():
+        put_plan(s, site=site, floor=floor, plan=fc, source="ilc2020")
+    return len(plans)

@@ -251,21 +251,27 @@ def _resample(samples: np.ndarray | None, t: float, spec: _WindowSpec) -> np.nda
 
 
 def parse_ilc_trace(
-    text: str, name: str = "<trace>", *, sensors: bool = False, floor_hint: str | None = None
+    text: str,
+    name: str = "<trace>",
+    *,
+    sensors: bool = False,
+    floor_hint: str | None = None,
+    rotation: bool = False,
 ) -> IlcTrace:
     """Parse one trace file's text. `name` is used in error messages and for the trace id (its stem).
 
     `sensors=False` skips converting the (many) motion-sensor lines, which the
     scan fingerprints do not need. `floor_hint` is used when the header has
-    no FloorName (e.g. the archive folder name).
+    no FloorName (e.g. the archive folder name). `rotation=True` (with `sensors`) also keeps the
+    TYPE_ROTATION_VECTOR samples as `sensors["rotation"]` (x, y, z of the quaternion; tracking replays).
     """
-    p = _TraceParser(name, sensors)
+    p = _TraceParser(name, sensors, rotation)
     p.feed(text)
     return p.finish(floor_hint)
 
 
 class _TraceParser:
-    def __init__(self, name: str, sensors: bool) -> None:
+    def __init__(self, name: str, sensors: bool, rotation: bool = False) -> None:
         self.name = name
         self.header: dict[str, str] = {}
         self.waypoints: list[tuple[float, float, float]] = []
@@ -278,6 +284,9 @@ class _TraceParser:
         if sensors:
             for typ, key in _SENSOR_TYPES.items():
                 self.handlers[typ] = self._sensor_handler(key)
+            if rotation:
+                self.sensor_rows["rotation"] = []
+                self.handlers["TYPE_ROTATION_VECTOR"] = self._sensor_handler("rotation")
         self.lines = 0
 
     def feed(self, text: str) -> None:

@@ -50,6 +50,9 @@ class Prediction:
     floor: np.ndarray  # (n,) object: floor labels
     building: np.ndarray  # (n,) object: building labels or None
     error_m: np.ndarray  # (n,) float64: the model's own estimate of its error
+    # Optional, for tracking sessions: the survey points behind each answer on its floor, (n, K, 2) positions
+    # and (n, K) weights (0 = padding). Models that have no such neighbours leave it None.
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class LocModel(ABC):

@@ -725,15 +725,20 @@ class WKNN(LocModel):
         xy = np.tile(self.fallback_xy, (n, 1)).astype(np.float64)
         err = np.full(n, self.fallback_error_m)
         heard = np.flatnonzero(np.diff(q.indptr) > 0)
+        kn = max(self.params.k, SPREAD_K)
+        nb_xy = np.zeros((n, kn, 2))
+        nb_w = np.zeros((n, kn))
         if len(heard):
-            g, pos, e = self._match(q.take(heard))
+            g, pos, e, (pts, w) = self._match(q.take(heard))
             group[heard], xy[heard], err[heard] = g, pos, e
+            nb_xy[heard, : pts.shape[1]], nb_w[heard, : w.shape[1]] = pts[:, :kn], w[:, :kn]
         labels = self.groups.labels
         return Prediction(
             xy=xy,
             floor=np.array([labels[g][1] for g in group], dtype=object),
             building=np.array([labels[g][0] for g in group], dtype=object),
             error_m=err,
+            neighbours=(nb_xy, nb_w),
         )
 
     def nearest_distance(self, batch: QueryBatch) -> np.ndarray:
@@ -747,14 +752,16 @@ class WKNN(LocModel):
             out[heard] = c.dist[:, :, 0].min(axis=1)
         return out
 
-    def _match(self, q: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _match(self, q: SparseRows) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Floor group, position, error estimate, and the neighbours on that floor (positions, weights)."""
         p = self.params
         k = max(p.k, p.k_building, p.k_floor, SPREAD_K)
         c = self.matcher.candidates(q, (p.distance,), k)[p.distance]
         allowed = choose_building(c, self.groups.building_code, p.k_building, p.weighting)
         group = choose_floor(c, allowed, p.k_floor, p.weighting)
         pos, feats = error_features(c, group, self.survey.xy, p.k, p.weighting)
-        return group, pos, estimate_error(feats, self.calibration)
+        _, pts, w = positions_all_k(c, group, self.survey.xy, p.weighting)
+        return group, pos, estimate_error(feats, self.calibration), (pts, w)
 
     # -- state
 

@@ -1,0 +1,229 @@
+"""Tracking sessions and floor plans through the API (embedded mode, and full mode with Redis + PostgreSQL)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from tests.fixture_data import FIXTURES
+from tests.integration.conftest import ADMIN, Api, uji_queries
+
+BOX = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "properties": {},
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [50, 0], [50, 20], [0, 20], [0, 0]]]},
+        }
+    ],
+}
+
+
+def _walk_window(heading_deg: float, steps: int = 2, rate: float = 50.0) -> dict[str, Any]:
+    """One second of a phone held flat, walking `steps` steps towards `heading_deg` (from east, CCW)."""
+    n = int(rate)
+    t = [i / rate for i in range(n)]
+    accel = [[0.0, 0.0, 9.81 + 3.0 * math.sin(2 * math.pi * steps * s - math.pi / 2)] for s in t]
+    # device y axis pointing at the heading: yaw about the up axis by (heading - 90 deg)
+    half = math.radians(heading_deg - 90.0) / 2
+    rot = [[0.0, 0.0, math.sin(half), math.cos(half)]] * n
+    return {"rate_hz": rate, "accel": accel, "rotation": rot}
+
+
+def _key(api: Api, role: str = "app") -> dict[str, str]:
+    r = api.post("/keys", json={"role": role, "name": f"sessions-{role}"}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['key']}"}
+
+
+def test_session_queries_track_and_are_stored(api: Api) -> None:
+    site = api.trained_site("sessions")
+    scans = [q["wifi"] for q in uji_queries("0")][:4]
+    key = _key(api)
+    t0 = 1_700_000_000_000
+    answers = []
+    for i, wifi in enumerate(scans):
+        body = {"site_id": site, "wifi": wifi, "session_id": "walk 1", "timestamp": t0 + 1000 * i}
+        if i:
+            body["sensors"] = _walk_window(0.0)
+        r = api.post("/locate", json=body, headers=key)
+        assert r.status_code == 200, r.text
+        a = r.json()
+        assert a["session_id"] == "walk 1" and a["error_m"] > 0
+        answers.append(a)
+    # motion alone: no WiFi, no site_id (the session knows its site)
+    r = api.post(
+        "/locate",
+        json={"session_id": "walk 1", "timestamp": t0 + 5000, "sensors": _walk_window(0.0)},
+        headers=key,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["site_id"] == site and r.json()["session_id"] == "walk 1"
+    # the track: one causal and one smoothed point per answered query
+    r = api.get("/sessions/walk 1", headers=key)
+    assert r.status_code == 200, r.text
+    track = r.json()
+    assert track["site_id"] == site and len(track["points"]) == 5 and len(track["smoothed"]) == 5
+    assert [p["timestamp"] for p in track["points"]] == [t0, t0 + 1000, t0 + 2000, t0 + 3000, t0 + 5000]
+    assert abs(track["points"][0]["x"] - answers[0]["x"]) < 1e-2
+    # another key: the session does not exist for it
+    assert api.get("/sessions/walk 1", headers=_key(api)).status_code == 404
+    assert api.get("/sessions/walk 1", headers=ADMIN).status_code == 404
+    # stored with the session id
+    engine = create_engine(api.backend.database_url)
+    with engine.connect() as c:
+        n = c.execute(text("select count(*) from queries where session_id = 'walk 1'")).scalar()
+    engine.dispose()
+    assert n == 5
+
+
+def test_session_input_errors_are_422(api: Api) -> None:
+    site = api.trained_site("sessions-bad")
+    wifi = uji_queries("0")[0]["wifi"]
+    key = _key(api)
+    # session_id needs a timestamp
+    r = api.post("/locate", json={"site_id": site, "wifi": wifi, "session_id": "s"}, headers=key)
+    assert r.status_code == 422 and "timestamp" in r.text
+    for bad in ("", "x" * 65, "tab\there"):
+        r = api.post("/locate", json={"site_id": site, "wifi": wifi, "session_id": bad, "timestamp": 1}, headers=key)
+        assert r.status_code == 422, bad
+    # a first query with no WiFi has no position to start from
+    r = api.post("/locate", json={"session_id": "new", "timestamp": 5, "sensors": _walk_window(0.0)}, headers=key)
+    assert r.status_code == 422 and "WiFi" in r.text
+    # time goes forward
+    assert (
+        api.post(
+            "/locate", json={"site_id": site, "wifi": wifi, "session_id": "s", "timestamp": 10_000}, headers=key
+        ).status_code
+        == 200
+    )
+    r = api.post("/locate", json={"site_id": site, "wifi": wifi, "session_id": "s", "timestamp": 9_999}, headers=key)
+    assert r.status_code == 422 and "earlier" in r.text
+    # in a batch too, and the batch is refused whole
+    r = api.post(
+        "/locate/batch",
+        json={
+            "queries": [
+                {"site_id": site, "wifi": wifi},
+                {"site_id": site, "wifi": wifi, "session_id": "s", "timestamp": 1},
+            ]
+        },
+        headers=key,
+    )
+    assert r.status_code == 422 and "queries[1]" in r.text
+    # windows longer than 10 s
+    long = {"rate_hz": 10.0, "accel": [[0.0, 0.0, 9.8]] * 120}
+    r = api.post(
+        "/locate",
+        json={"site_id": site, "wifi": wifi, "session_id": "s", "timestamp": 20_000, "sensors": long},
+        headers=key,
+    )
+    assert r.status_code == 422 and "10 s" in r.text
+    # without session_id nothing changes: no session_id in the answer
+    r = api.post("/locate", json={"site_id": site, "wifi": wifi}, headers=key)
+    assert r.status_code == 200 and "session_id" not in r.json()
+
+
+def test_batch_sessions_in_order(api: Api) -> None:
+    site = api.trained_site("sessions-batch")
+    qs = uji_queries("0")[:3]
+    key = _key(api)
+    body = {
+        "queries": [
+            {"site_id": site, "wifi": q["wifi"], "session_id": "b", "timestamp": 1000 * i} for i, q in enumerate(qs)
+        ]
+    }
+    r = api.post("/locate/batch", json=body, headers=key)
+    assert r.status_code == 200, r.text
+    assert [a["session_id"] for a in r.json()["results"]] == ["b", "b", "b"]
+    assert len(api.get("/sessions/b", headers=key).json()["points"]) == 3
+
+
+def test_any_api_process_continues_a_session(api: Api) -> None:
+    """Full mode keeps sessions in Redis: a second app (another API process) answers the next query."""
+    from app.main import create_app
+
+    if api.backend.redis_url is None:
+        return  # embedded mode is one process by definition
+    site = api.trained_site("sessions-two")
+    wifi = uji_queries("0")[0]["wifi"]
+    body = {"site_id": site, "wifi": wifi, "session_id": "two", "timestamp": 1}
+    assert api.post("/locate", json=body, headers=ADMIN).status_code == 200
+    with TestClient(create_app(api.backend.settings())) as other:
+        r = other.post("/locate", json={**body, "timestamp": 2}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        assert len(other.get("/sessions/two", headers=ADMIN).json()["points"]) == 2
+
+
+def test_floor_plans(api: Api) -> None:
+    site = api.create_site("plans", floors=["0", "1"])
+    r = api.put(f"/sites/{site}/floors/0/plan", json=BOX, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["area_m2"] == 1000.0
+    r = api.get(f"/sites/{site}/floors/0/plan", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["plan"] == BOX
+    assert api.get(f"/sites/{site}/floors/1/plan", headers=ADMIN).status_code == 404
+    assert api.put(f"/sites/{site}/floors/7/plan", json=BOX, headers=ADMIN).status_code == 422
+    for bad in (
+        {"type": "Feature"},
+        {"type": "FeatureCollection", "features": []},
+        {"type": "FeatureCollection", "features": [{"geometry": {"type": "Point", "coordinates": [0, 0]}}]},
+    ):
+        r = api.put(f"/sites/{site}/floors/0/plan", json=bad, headers=ADMIN)
+        assert r.status_code == 422, r.text
+    assert api.put(f"/sites/{site}/floors/0/plan", json=BOX, headers=_key(api)).status_code == 403
+
+
+def _ilc_archive_with_map() -> bytes:
+    """The small F1 fixture plus a map pair: a lon/lat outline 20 x 10 m with one 5 x 5 m shop."""
+    lon0, lat0, dlon, dlat = 120.0, 30.0, 0.0002, 0.0001
+    outline = [[[lon0, lat0], [lon0 + dlon, lat0], [lon0 + dlon, lat0 + dlat], [lon0, lat0 + dlat], [lon0, lat0]]]
+    shop = [
+        [
+            [lon0, lat0],
+            [lon0 + dlon / 4, lat0],
+            [lon0 + dlon / 4, lat0 + dlat / 2],
+            [lon0, lat0 + dlat / 2],
+            [lon0, lat0],
+        ]
+    ]
+    geo = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {}, "geometry": {"type": "MultiPolygon", "coordinates": [outline]}},
+            {"type": "Feature", "properties": {"name": "shop"}, "geometry": {"type": "Polygon", "coordinates": shop}},
+        ],
+    }
+    out = io.BytesIO()
+    with tarfile.open(FIXTURES / "ilc_site1_F1_small.tar.xz") as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for m in src:
+            f = src.extractfile(m) if m.isfile() else None
+            dst.addfile(m, f)
+        for name, obj in (("geojson_map.json", geo), ("floor_info.json", {"map_info": {"width": 20, "height": 10}})):
+            data = json.dumps(obj).encode()
+            info = tarfile.TarInfo(f"site1/F1/{name}")
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_ilc_import_stores_the_floor_plan(api: Api) -> None:
+    site = api.create_site("ilc-plan")
+    r = api.post(
+        f"/sites/{site}/surveys",
+        files={"file": ("F1.tar", _ilc_archive_with_map())},
+        data={"format": "ilc2020"},
+        headers=ADMIN,
+    )
+    assert r.status_code == 201, r.text
+    r = api.get(f"/sites/{site}/floors/F1/plan", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["source"] == "ilc2020"
+    assert abs(r.json()["area_m2"] - (200.0 - 25.0)) < 0.5

@@ -1,0 +1,281 @@
+"""Tracking: PDR from sensor windows, the particle filter, the smoother, floor plans (synthetic walks)."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from ml.data.floorplans import ilc_walkable
+from ml.tracking.filter import FilterConfig, Fix, NoPosition, TrackState, step
+from ml.tracking.floorplan import PlanError, Walkable, plan_geometry, walkable_collection
+from ml.tracking.motion import MotionState, displacement, rotation_heading
+from ml.tracking.smooth import smooth_history, smoothed_points
+from ml.types import SensorData
+
+RATE = 50.0
+
+
+def walk_window(
+    heading: float, steps_per_s: float = 2.0, seconds: float = 1.0, rotation: bool = True, t0: float = 0.0
+) -> SensorData:
+    """A phone held flat, top edge towards `heading` (radians from east), bobbing `steps_per_s` times a second."""
+    n = int(RATE * seconds)
+    t = t0 + np.arange(n) / RATE
+    accel = np.zeros((n, 3), dtype=np.float32)
+    accel[:, 2] = 9.81 + 3.0 * np.sin(2 * np.pi * steps_per_s * t - np.pi / 2)
+    half = (heading - np.pi / 2) / 2  # yaw of the device y axis away from north
+    rot = np.tile([0.0, 0.0, math.sin(half), math.cos(half)], (n, 1)).astype(np.float32)
+    # magnetometer for the compass fallback: field pointing north and down, in device axes
+    yaw = heading - np.pi / 2
+    north_dev = np.array([math.sin(yaw), math.cos(yaw), 0.0])  # world north seen from the rotated device
+    mag = np.tile(30.0 * north_dev + [0.0, 0.0, -40.0], (n, 1)).astype(np.float32)
+    return SensorData(
+        rate_hz=RATE, accel=accel, gyro=np.zeros((n, 3), np.float32), mag=mag, rotation=rot if rotation else None
+    )
+
+
+@pytest.mark.parametrize("heading_deg", [0.0, 90.0, 200.0])
+def test_rotation_vector_heading(heading_deg: float) -> None:
+    h = math.radians(heading_deg)
+    w = walk_window(h)
+    assert w.rotation is not None
+    got = rotation_heading(w.rotation.astype(np.float64))
+    assert np.allclose(np.angle(np.exp(1j * (got - h))), 0.0, atol=1e-5)
+    # the [x, y, z] form (w implied) gives the same heading
+    got3 = rotation_heading(w.rotation[:, :3].astype(np.float64) * np.sign(w.rotation[:, 3:4]))
+    assert np.allclose(np.angle(np.exp(1j * (got3 - h))), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("rotation", [True, False])
+def test_steps_and_direction_over_consecutive_windows(rotation: bool) -> None:
+    h = math.radians(30.0)
+    state = MotionState()
+    total = np.zeros(2)
+    steps = 0
+    for k in range(10):
+        d = displacement(walk_window(h, rotation=rotation, t0=float(k)), state)
+        total += (d.dx, d.dy)
+        steps += d.steps
+    assert 18 <= steps <= 21  # 2 steps a second for 10 s, none counted twice across window edges
+    assert abs(math.atan2(total[1], total[0]) - h) < math.radians(3)
+    assert 0.3 * steps <= np.hypot(*total) <= 1.4 * steps
+
+
+def test_standing_still_has_no_steps() -> None:
+    n = int(RATE)
+    still = SensorData(rate_hz=RATE, accel=np.tile([0.0, 0.0, 9.81], (n, 1)).astype(np.float32))
+    d = displacement(still, MotionState())
+    assert d.steps == 0 and d.dx == 0.0 and d.dy == 0.0
+
+
+def _synthetic_walk(seed: int, noise_m: float = 5.0, seconds: int = 60):
+    """East for 30 s, then north: truth at 1 Hz, a noisy WiFi fix every 2 s, PDR windows every second."""
+    rng = np.random.default_rng(seed)
+    truth, windows, fixes = [], [], []
+    pos = np.array([10.0, 10.0])
+    for k in range(seconds):
+        heading = 0.0 if k < 30 else math.pi / 2
+        if k:
+            pos = pos + 1.2 * np.array([math.cos(heading), math.sin(heading)])
+        truth.append(pos.copy())
+        windows.append(walk_window(heading, t0=float(k)) if k else None)
+        if k % 2 == 0:
+            e = rng.normal(0, noise_m, 2)
+            fixes.append(Fix(pos[0] + e[0], pos[1] + e[1], "1", noise_m))
+        else:
+            fixes.append(None)
+    return np.array(truth), windows, fixes
+
+
+def _run(windows, fixes, cfg=None, plans=None, keys=None):
+    cfg = cfg or FilterConfig()
+    state = None
+    est = []
+    for k, (w, f) in enumerate(zip(windows, fixes, strict=True)):
+        key = (keys[k] if keys else str(k)) if f is not None else None
+        state, e = step(state, seed=7, t_ms=1000 * k, sensors=w, fix=f, scan_key=key, plans=plans, cfg=cfg)
+        est.append((e.x, e.y))
+    return state, np.array(est)
+
+
+def test_filter_beats_single_fixes_and_smoother_beats_filter() -> None:
+    single, causal, smooth = [], [], []
+    for seed in range(3):
+        truth, windows, fixes = _synthetic_walk(seed)
+        last = None
+        for k, f in enumerate(fixes):
+            last = f or last
+            single.append(math.hypot(last.x - truth[k, 0], last.y - truth[k, 1]))
+        state, est = _run(windows, fixes)
+        causal.extend(np.hypot(*(est - truth).T))
+        sm = np.array([(p.x, p.y) for p in smoothed_points(state)])
+        smooth.extend(np.hypot(*(sm - truth).T))
+    assert np.mean(causal) < 0.8 * np.mean(single)
+    assert np.mean(smooth) < np.mean(causal)
+
+
+def test_same_scan_again_is_not_a_new_measurement() -> None:
+    truth, windows, fixes = _synthetic_walk(0)
+    wild = Fix(500.0, 500.0, "1", 5.0)
+    base_fixes = [fixes[0]] + [None] * 9
+    many = [fixes[0]] + [wild] * 9
+    _, a = _run(windows[:10], many, keys=["first"] + ["same"] * 9)  # one scan re-sent nine times
+    _, b = _run(windows[:10], [fixes[0], wild] + [None] * 8)
+    assert np.allclose(a, b)
+    _, c = _run(windows[:10], base_fixes)
+    assert np.hypot(*(c[-1] - truth[9])) < 10
+
+
+def test_disagreeing_fixes_restart_the_cloud() -> None:
+    truth, windows, fixes = _synthetic_walk(0, noise_m=1.0, seconds=40)
+    moved = [None if f is None else Fix(f.x + 80.0, f.y, f.floor, 1.0) if k >= 10 else f for k, f in enumerate(fixes)]
+    _, est = _run(windows, moved)
+    assert abs(est[-1, 0] - (truth[-1, 0] + 80.0)) < 8
+
+
+def test_floor_changes_after_consecutive_votes() -> None:
+    _truth, windows, fixes = _synthetic_walk(0, noise_m=2.0, seconds=12)
+    other = [None if f is None else Fix(f.x, f.y, "2" if k >= 6 else "1", f.error_m) for k, f in enumerate(fixes)]
+    state = None
+    floors = []
+    for k, (w, f) in enumerate(zip(windows, other, strict=True)):
+        state, e = step(state, seed=1, t_ms=1000 * k, sensors=w, fix=f, scan_key=str(k) if f else None)
+        floors.append(e.floor)
+    assert floors[6] == "1"  # one vote is not enough (hysteresis)
+    assert floors[8:] == ["2"] * 4
+
+
+def test_first_query_needs_a_fix_and_motion_alone_continues() -> None:
+    with pytest.raises(NoPosition):
+        step(None, seed=0, t_ms=0, sensors=walk_window(0.0), fix=None, scan_key=None)
+    s, e0 = step(None, seed=0, t_ms=0, sensors=None, fix=Fix(0.0, 0.0, "1", 3.0), scan_key="a")
+    for k in range(1, 6):
+        s, e = step(s, seed=0, t_ms=1000 * k, sensors=walk_window(0.0, t0=float(k)), fix=None, scan_key=None)
+    assert e.x > 3.0 and abs(e.y) < 2.0  # walked east about 1.2 m a second
+    assert e.error_m > e0.error_m  # without fixes the cloud spreads
+
+
+def test_state_round_trips_through_bytes() -> None:
+    _, windows, fixes = _synthetic_walk(1, seconds=10)
+    state, _ = _run(windows, fixes)
+    back = TrackState.from_bytes(state.to_bytes())
+    assert np.array_equal(back.particles, state.particles)
+    assert np.array_equal(back.history, state.history, equal_nan=True)
+    assert back.floors == state.floors and back.t_ms == state.t_ms and back.last_scan == state.last_scan
+    # and continues identically
+    w = walk_window(0.0, t0=10.0)
+    a = step(state, seed=7, t_ms=11_000, sensors=w, fix=None, scan_key=None)[1]
+    b = step(back, seed=7, t_ms=11_000, sensors=w, fix=None, scan_key=None)[1]
+    assert (a.x, a.y) == pytest.approx((b.x, b.y))
+    with pytest.raises(ValueError):
+        TrackState.from_bytes(b"\x05\x00\x00\x00" + b'{"v":9}')
+
+
+def test_smoother_segments_are_independent() -> None:
+    h = np.zeros((4, 17))
+    h[:, 0] = np.arange(4) * 1000
+    h[:, 1] = [0.0, 1.0, 50.0, 51.0]
+    h[:, 12:] = np.nan
+    h[:, 4] = h[:, 6] = 4.0
+    h[:, 9] = 0.1
+    h[2:, 10] = 1  # a restart between point 1 and point 2
+    out = smooth_history(h)
+    assert out[1, 0] < 5.0  # not dragged towards the new segment
+
+
+def test_plan_raster_and_soft_constraint() -> None:
+    corridor = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [[[0, 8], [100, 8], [100, 12], [0, 12], [0, 8]]]},
+            }
+        ],
+    }
+    plan = Walkable.from_collection(corridor)
+    assert plan.contains(np.array([[50.0, 10.0], [50.0, 20.0], [-5.0, 10.0]])).tolist() == [True, False, False]
+    # a fix pulled off the corridor: the plan keeps the estimate nearer the corridor
+    _truth, windows, fixes = _synthetic_walk(2, seconds=30)
+    off = [None if f is None else Fix(f.x, f.y + 6.0, "1", 5.0) for f in fixes]
+    _, with_plan = _run(windows, off, plans={"1": plan})
+    _, without = _run(windows, off)
+    assert np.mean(np.abs(with_plan[:, 1] - 10.0)) < np.mean(np.abs(without[:, 1] - 10.0))
+
+
+def test_plan_validation() -> None:
+    with pytest.raises(PlanError):
+        plan_geometry({"type": "FeatureCollection", "features": []})
+    with pytest.raises(PlanError):
+        plan_geometry([1, 2])
+    g = plan_geometry(
+        {
+            "type": "FeatureCollection",
+            "features": [
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [2, 0], [2, 2], [0, 2], [0, 0]]]},
+                }
+            ],
+        }
+    )
+    assert g.area == 4.0 and walkable_collection(g)["features"][0]["geometry"]["type"] == "Polygon"
+
+
+def test_ilc_map_to_site_metres() -> None:
+    lon0, lat0 = 120.0, 30.0
+    outline = [
+        [[lon0, lat0], [lon0 + 0.0002, lat0], [lon0 + 0.0002, lat0 + 0.0001], [lon0, lat0 + 0.0001], [lon0, lat0]]
+    ]
+    shop = [[[lon0, lat0], [lon0 + 0.0001, lat0], [lon0 + 0.0001, lat0 + 0.0001], [lon0, lat0 + 0.0001], [lon0, lat0]]]
+    gj = {
+        "features": [
+            {"geometry": {"type": "MultiPolygon", "coordinates": [outline]}},
+            {"geometry": {"type": "Polygon", "coordinates": shop}},
+        ]
+    }
+    walk = ilc_walkable(gj, {"map_info": {"width": 40.0, "height": 10.0}})
+    assert walk.bounds == pytest.approx((20.0, 0.0, 40.0, 10.0))  # the west half is a shop
+    assert walk.area == pytest.approx(200.0)
+
+
+def test_memory_store_expires_silent_sessions_and_scopes_by_owner() -> None:
+    import time
+
+    from app.services.sessions import MemoryStore, Tracker, scan_key
+
+    tracker = Tracker(MemoryStore(ttl_s=0.05))
+    fix = Fix(1.0, 2.0, "1", 3.0)
+    tracker.update(owner="a", session_id="s", site_id="x", t_ms=0, sensors=None, fix=fix, scan="k")
+    assert tracker.read(owner="a", session_id="s")["points"][0]["x"] == pytest.approx(1.0, abs=5.0)
+    from app.errors import Invalid, NotFound
+
+    with pytest.raises(NotFound):
+        tracker.read(owner="b", session_id="s")
+    with pytest.raises(Invalid):  # time goes forward
+        tracker.update(owner="a", session_id="s", site_id="x", t_ms=-1, sensors=None, fix=None, scan=None)
+    with pytest.raises(Invalid):  # one site per session
+        tracker.update(owner="a", session_id="s", site_id="y", t_ms=5, sensors=None, fix=fix, scan="k")
+    time.sleep(0.1)
+    with pytest.raises(NotFound):
+        tracker.read(owner="a", session_id="s")
+    assert scan_key([("b", -50.0), ("a", -60.0)]) == scan_key([("a", -60.0), ("b", -50.0)])
+    assert scan_key([]) is None
+
+
+def test_embedded_file_store_is_shared_by_processes_and_expires(tmp_path: pathlib.Path) -> None:
+    """Two stores on one folder stand for two embedded API processes: either continues the other's session."""
+    import time
+
+    from app.services.sessions import FileStore
+
+    a, b = FileStore(tmp_path, ttl_s=0.3), FileStore(tmp_path, ttl_s=0.3)
+    assert a.update("k", lambda old: (b"one", old)) is None
+    assert b.update("k", lambda old: ((old or b"") + b"+two", old)) == b"one"
+    assert a.get("k") == b"one+two" and b.get("other") is None
+    time.sleep(0.4)
+    assert a.get("k") is None  # silent longer than the TTL: no live session
