@@ -287,6 +287,7 @@ def main() -> int:
 
         # kill -9 of the worker mid-job
         results["kill9"] = kill_worker_mid_job(client, admin, site_id, worker, procs, env, tmp, pg.url, args)
+        check(failures, results, "worker_killed_mid_job", results["kill9"]["killed"])
         check(failures, results, "killed_job_ended", results["kill9"]["state"] in ("succeeded", "failed"))
         check(failures, results, "killed_job_at_most_one_version", results["kill9"]["versions_for_job"] <= 1)
         if results["kill9"]["state"] == "failed":
@@ -390,7 +391,8 @@ def kill_worker_mid_job(
     url: str,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
-    body = {"model": "dnn", "params": {"epochs": 60}}
+    # Long enough to be caught mid-training on a quiet machine too (no early stop, no step cap).
+    body = {"model": "dnn", "params": {"epochs": 3000, "patience": 3000, "max_steps": 1000000}}
     job_id = client.post(f"/sites/{site_id}/finetune", json=body, headers=admin).json()["job_id"]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -398,7 +400,13 @@ def kill_worker_mid_job(
         if job["state"] == "running" and job["progress"] > 0.05:
             break
         if job["state"] in ("succeeded", "failed"):
-            return {"job_id": job_id, "state": job["state"], "note": "ended before it could be killed"}
+            return {
+                "job_id": job_id,
+                "state": job["state"],
+                "killed": False,
+                "note": "ended before it could be killed",
+                "versions_for_job": _versions_for_job(url, job_id),
+            }
         time.sleep(0.2)
     killed_at = time.time()
     progress_at_kill = job["progress"]
@@ -406,6 +414,19 @@ def kill_worker_mid_job(
     procs.remove(worker)
     procs.append(Proc(["worker", "--concurrency", "1"], env, tmp / "worker2.log"))
     job = wait_job(client, admin, job_id, args.job_timeout_s)
+    return {
+        "job_id": job_id,
+        "killed": True,
+        "progress_at_kill": progress_at_kill,
+        "state": job.get("state"),
+        "error": job.get("error"),
+        "model_version": job.get("model_version"),
+        "seconds_from_kill_to_end": round(time.time() - killed_at, 1),
+        "versions_for_job": _versions_for_job(url, job_id),
+    }
+
+
+def _versions_for_job(url: str, job_id: str) -> int:
     from sqlalchemy import create_engine, func, select
 
     from app.models import ModelVersion
@@ -416,15 +437,7 @@ def kill_worker_mid_job(
             select(func.count()).select_from(ModelVersion).where(ModelVersion.job_id == job_id)
         ).scalar()
     engine.dispose()
-    return {
-        "job_id": job_id,
-        "progress_at_kill": progress_at_kill,
-        "state": job.get("state"),
-        "error": job.get("error"),
-        "model_version": job.get("model_version"),
-        "seconds_from_kill_to_end": round(time.time() - killed_at, 1),
-        "versions_for_job": int(versions or 0),
-    }
+    return int(versions or 0)
 
 
 if __name__ == "__main__":
