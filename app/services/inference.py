@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,27 @@ class _Item:
     batch: QueryBatch
     future: Future[Prediction] | asyncio.Future[Prediction]
     loop: asyncio.AbstractEventLoop | None = None  # set for an asyncio future: settled on its loop
+
+
+def gather(
+    q: queue.Queue[Any], first: Any, size: Callable[[Any], int], max_rows: int, max_wait_s: float, stop: object
+) -> tuple[list[Any], bool]:
+    """`first` and whatever else arrives on `q` within `max_wait_s`, until `max_rows` (counted by `size`): one batch
+    of the queue-plus-deadline pattern shared by the inference executors and the query writer. Returns the batch and
+    whether `stop` was seen (answer the batch, then end)."""
+    batch, n = [first], size(first)
+    deadline = time.monotonic() + max_wait_s
+    while n < max_rows:
+        try:
+            timeout = deadline - time.monotonic()
+            nxt = q.get_nowait() if timeout <= 0 else q.get(timeout=timeout)
+        except queue.Empty:
+            break
+        if nxt is stop:
+            return batch, True
+        batch.append(nxt)
+        n += size(nxt)
+    return batch, False
 
 
 def settle(results: list[tuple[Any, asyncio.AbstractEventLoop | None, Any, BaseException | None]]) -> None:
@@ -139,21 +161,7 @@ class BatchExecutor:
             item = self._queue.get()
             if item is _STOP:
                 return
-            batch = [item]
-            n = len(item.batch)
-            deadline = time.monotonic() + self._max_wait
-            stop = False
-            while n < self._max_rows:
-                try:
-                    timeout = deadline - time.monotonic()
-                    nxt = self._queue.get_nowait() if timeout <= 0 else self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-                n += len(nxt.batch)
+            batch, stop = gather(self._queue, item, lambda it: len(it.batch), self._max_rows, self._max_wait, _STOP)
             QUEUE_DEPTH.labels(self._label).observe(self._queue.qsize())
             self._answer(batch)
             if stop:

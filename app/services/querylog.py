@@ -23,7 +23,7 @@ from sqlalchemy import insert, update
 
 from app.db import Database
 from app.models import Query, Site
-from app.services.inference import settle
+from app.services.inference import gather, settle
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +80,7 @@ class QueryWriter:
             item = self._queue.get()
             if item is _STOP:
                 return
-            batch = [item]
-            n = len(item[0])
-            deadline = time.monotonic() + self._max_wait
-            stop = False
-            while n < self._max_rows:
-                try:
-                    timeout = deadline - time.monotonic()
-                    nxt = self._queue.get_nowait() if timeout <= 0 else self._queue.get(timeout=timeout)
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-                n += len(nxt[0])
+            batch, stop = gather(self._queue, item, lambda it: len(it[0]), self._max_rows, self._max_wait, _STOP)
             self._write(batch)
             if stop:
                 return
