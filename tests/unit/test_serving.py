@@ -316,10 +316,10 @@ def test_one_embedded_worker_runs_jobs_and_another_takes_over(db: Database, tmp_
         for _ in range(300):
             with db.session() as s:
                 state = s.get(Job, job_id).state  # type: ignore[union-attr]
-            if state != "queued":
+            if state not in ("queued", "running"):  # "running" is seen for a moment before the job ends
                 return state
             time.sleep(0.05)
-        return "queued"
+        return state
 
     assert run_via(second) == "failed"  # accepted by the non-holder, run by the holder
     assert not second.primary.is_set()
