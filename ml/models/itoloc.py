@@ -86,7 +86,7 @@ class ITOLOC(LocModel):
         self.calib = np.asarray(calib, dtype=np.float64)
         self.device = torch.device(device)
         self.history = history or []
-        self._refit_seed: int | None = None  # set by `fit` while a refit on all rows is pending
+        self._refit_pending = False  # set by `fit`: `cfg.refit` asked for a refit that the caller makes with `refit`
         self.calibration: dict[str, Any] = {}
         keys = [
             f"{z}\x1f{b}\x1f{f}"
@@ -147,7 +147,7 @@ class ITOLOC(LocModel):
             full = cls._train_once(train, None, cfg, seed, device, epochs, _scaled(progress, share, 1.0))
             full.calib, full.history, full.calibration = model.calib, model.history + full.history, model.calibration
             model = full
-        model._refit_seed = seed if cfg.refit and val is not None and holdout is not None else None
+        model._refit_pending = bool(cfg.refit and val is not None and holdout is not None)
         progress(1.0, "done")
         return model
 
@@ -159,7 +159,7 @@ class ITOLOC(LocModel):
         self, full: FingerprintSet, *, seed: int = 0, progress: ProgressFn = no_progress, device: str = "cpu"
     ) -> ITOLOC | None:
         """With `cfg.refit`: all rows for the epoch the holdout chose, keeping the holdout's calibration."""
-        if self._refit_seed is None:
+        if not self._refit_pending:
             return None
         epochs = self.cfg.epochs if not self.cfg.early_stop else self.best_epoch()
         model = type(self)._train_once(full, None, self.cfg, seed, device, epochs, progress)
