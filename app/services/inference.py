@@ -62,7 +62,12 @@ class _Item:
 
 
 def gather(
-    q: queue.Queue[Any], first: Any, size: Callable[[Any], int], max_rows: int, max_wait_s: float, stop: object
+    q: queue.SimpleQueue[Any] | queue.Queue[Any],
+    first: Any,
+    size: Callable[[Any], int],
+    max_rows: int,
+    max_wait_s: float,
+    stop: object,
 ) -> tuple[list[Any], bool]:
     """`first` and whatever else arrives on `q` within `max_wait_s`, until `max_rows` (counted by `size`): one batch
     of the queue-plus-deadline pattern shared by the inference executors and the query writer. Returns the batch and
