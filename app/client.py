@@ -41,6 +41,7 @@ from app.schemas.api import (
     LocateIn,
     LocateOut,
     ModelVersionOut,
+    PlanOut,
     SiteCreate,
     SiteOut,
     SurveyOut,
@@ -394,6 +395,10 @@ class Client(_Base):
     def activate(self, site_id: str, version: int) -> ModelVersionOut:
         return self._model(_Req("POST", f"/sites/{site_id}/models/{version}/activate"), ModelVersionOut)
 
+    def put_plan(self, site_id: str, floor: str, plan: Mapping[str, Any]) -> PlanOut:
+        """Set a floor's walkable area (a GeoJSON FeatureCollection in site metres)."""
+        return self._model(_Req("PUT", f"/sites/{site_id}/floors/{floor}/plan", json=dict(plan)), PlanOut)
+
     # locate
     def locate(self, body: LocateIn | Mapping[str, Any] | None = None, **kwargs: Any) -> LocateOut:
         return self._model(self._locate(body, kwargs), LocateOut)
@@ -570,6 +575,9 @@ class AsyncClient(_Base):
 
     async def activate(self, site_id: str, version: int) -> ModelVersionOut:
         return await self._model(_Req("POST", f"/sites/{site_id}/models/{version}/activate"), ModelVersionOut)
+
+    async def put_plan(self, site_id: str, floor: str, plan: Mapping[str, Any]) -> PlanOut:
+        return await self._model(_Req("PUT", f"/sites/{site_id}/floors/{floor}/plan", json=dict(plan)), PlanOut)
 
     async def locate(self, body: LocateIn | Mapping[str, Any] | None = None, **kwargs: Any) -> LocateOut:
         return await self._model(self._locate(body, kwargs), LocateOut)

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     # Co-training (automatic model updates from stored queries).
     # Beat / the embedded scheduler start an update for a site once this many unused queries have arrived.
     cotrain_min_new_queries: int = Field(default=500, ge=1)
+    # ...or once the tracking sessions stored since the last update add up to this many minutes of walking (every
+    # model learns from session tracks; only itoloc also learns from single queries, so only itoloc counts them).
+    cotrain_min_session_minutes: float = Field(default=30.0, gt=0)
     cotrain_check_seconds: float = Field(default=300.0, gt=0)  # how often the scheduler looks
     cotrain_max_queries: int = Field(default=20_000, ge=1)  # newest unused queries one update may use
     # A candidate is promoted only if its holdout mean error is at most (1 + tolerance) x the active one's.

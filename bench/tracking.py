@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from app.services.sessions import MemoryStore, Tracker, fix_from_answer, scan_key
+from app.services.sessions import MemoryStore, Tracker, fix_from_answer
 from bench.core import default_data_dir, git_commit, machine, train_model
 from ml.data.features import build_set, scan_row
 from ml.data.floorplans import ilc_plan_collection
@@ -40,6 +40,7 @@ from ml.models.base import LocModel, QueryBatch
 from ml.tracking.filter import FilterConfig
 from ml.tracking.floorplan import Walkable
 from ml.tracking.motion import MotionState, displacement
+from ml.tracking.replay import scan_key
 from ml.tracking.smooth import smoothed_points
 from ml.types import SensorData
 

@@ -96,12 +96,12 @@ def finetune(
     used = fs.subset(rows)
     hold_in_used = np.flatnonzero(np.isin(rows, h.hold))
     t0 = time.perf_counter()
-    model = fit(used, hold_in_used, _span(progress, 0.0, 0.8))
+    model = fit(used, hold_in_used, span(progress, 0.0, 0.8))
     fits = 1
     metrics = evaluate(model, used.subset(hold_in_used))
     refitted = False
     if refit and len(hold_in_used):
-        again = model.refit(used, seed=seed, progress=_span(progress, 0.8, 0.98), device=device)
+        again = model.refit(used, seed=seed, progress=span(progress, 0.8, 0.98), device=device)
         if again is not None:
             model, refitted, fits = again, True, fits + 1
     return Finetuned(model, metrics, rows, h, refitted, time.perf_counter() - t0, fits)
@@ -116,7 +116,7 @@ def fit_model(cls: type[LocModel], params: dict[str, Any], *, seed: int, device:
     return fit
 
 
-def _span(progress: ProgressFn, lo: float, hi: float) -> ProgressFn:
+def span(progress: ProgressFn, lo: float, hi: float) -> ProgressFn:
     def inner(fraction: float, message: str) -> None:
         progress(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message)
 

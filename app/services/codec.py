@@ -9,36 +9,50 @@ import numpy as np
 
 from ml.types import Fingerprint, SensorData, WifiReading
 
-_HEADER = struct.Struct("<4sfHB")  # magic, rate_hz, n_samples, modality mask
-_MAGIC = b"SLW1"
-_MODALITIES = ("accel", "gyro", "mag")
+_MAGIC_V1 = b"SLW1"  # rate, n, mask, then (n, 3) float32 per present modality (accel/gyro/mag; no rotation)
+_HEADER_V1 = struct.Struct("<4sfHB")  # magic, rate_hz, n_samples, modality mask
+_MAGIC = b"SLW2"  # rate, mask, then per present modality: n (uint16), width (uint8), (n, width) float32
+_HEADER = struct.Struct("<4sfB")
+_PART = struct.Struct("<HB")
+_MODALITIES = ("accel", "gyro", "mag", "rotation")
 
 
 def pack_sensors(s: SensorData) -> bytes:
-    """rate, per-modality presence mask and (T, 3) float32 arrays; missing modalities take no space."""
+    """Every modality (rotation vector included, 3 or 4 columns) at its own length; missing ones take no space."""
     arrays = [getattr(s, m) for m in _MODALITIES]
-    n = max((len(a) for a in arrays if a is not None), default=0)
     mask = sum(1 << i for i, a in enumerate(arrays) if a is not None)
-    parts = [_HEADER.pack(_MAGIC, float(s.rate_hz), n, mask)]
+    parts = [_HEADER.pack(_MAGIC, float(s.rate_hz), mask)]
     for a in arrays:
         if a is not None:
-            buf = np.zeros((n, 3), dtype="<f4")
-            buf[: len(a)] = a
-            parts.append(buf.tobytes())
+            arr = np.asarray(a, dtype="<f4").reshape(len(a), -1)
+            parts.append(_PART.pack(arr.shape[0], arr.shape[1]))
+            parts.append(arr.tobytes())
     return b"".join(parts)
 
 
 def unpack_sensors(blob: bytes) -> SensorData:
-    magic, rate, n, mask = _HEADER.unpack_from(blob)
+    if blob[:4] == _MAGIC_V1:  # rows stored before rotation was kept
+        _, rate, n, mask = _HEADER_V1.unpack_from(blob)
+        out = SensorData(rate_hz=float(rate))
+        offset = _HEADER_V1.size
+        for i, m in enumerate(_MODALITIES[:3]):
+            if mask & (1 << i):
+                arr = np.frombuffer(blob, dtype="<f4", count=n * 3, offset=offset).reshape(n, 3).astype(np.float32)
+                setattr(out, m, arr)
+                offset += n * 12
+        return out
+    magic, rate, mask = _HEADER.unpack_from(blob)
     if magic != _MAGIC:
         raise ValueError("not a siteloc sensor window")
     out = SensorData(rate_hz=float(rate))
     offset = _HEADER.size
     for i, m in enumerate(_MODALITIES):
         if mask & (1 << i):
-            arr = np.frombuffer(blob, dtype="<f4", count=n * 3, offset=offset).reshape(n, 3).astype(np.float32)
-            setattr(out, m, arr)
-            offset += n * 12
+            n, width = _PART.unpack_from(blob, offset)
+            offset += _PART.size
+            arr = np.frombuffer(blob, dtype="<f4", count=n * width, offset=offset).reshape(n, width)
+            setattr(out, m, arr.astype(np.float32))
+            offset += n * width * 4
     return out
 
 
@@ -48,8 +62,7 @@ def sensors_from_api(d: dict[str, Any] | None) -> SensorData | None:
     rot = d.get("rotation")
     return SensorData(
         rate_hz=float(d["rate_hz"]),
-        **{m: (np.asarray(d[m], dtype=np.float32).reshape(-1, 3) if d.get(m) else None) for m in _MODALITIES},
-        # not in the packed query-log format (accel/gyro/mag only): used by tracking sessions as it arrives
+        **{m: (np.asarray(d[m], dtype=np.float32).reshape(-1, 3) if d.get(m) else None) for m in _MODALITIES[:3]},
         rotation=np.asarray(rot, dtype=np.float32) if rot else None,
     )
 

@@ -1,18 +1,22 @@
-"""Co-training updates: a site's stored /locate queries -> a candidate model version, promoted only if it is
-not worse on the survey holdout than the active version.
+"""Self-maintenance updates (`POST /sites/{id}/cotrain` and the scheduler): a site's stored /locate queries -> a
+candidate model version, promoted only if it is not worse than the active version on the survey holdout nor on
+recent traffic (`ml.selfupdate` has the method: pseudo-labels from smoothed session walks, AP churn, the guard).
 
-The survey (labeled) and the queries (unlabeled) never mix: queries carry no
-labels and are marked with the job that consumed them, so each is used once.
-One update per site at a time: a lease on the site row, renewed while the job
-runs, which a crashed worker's job stops renewing (so it expires and frees the site).
+The survey (labeled) and the queries (unlabeled) never mix: queries carry no labels, pseudo-labels live only in
+the candidate, and the queries an update learned from are marked with its job, so each is used once (the walks
+held out to judge it stay unused, for the next update). One update per site at a time: a lease on the site row,
+renewed while the job runs, which a crashed worker's job stops renewing (so it expires and frees the site).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -20,14 +24,17 @@ from app.config import Settings
 from app.db import Database
 from app.errors import Conflict, Invalid, JobFailed, NotAvailable
 from app.models import Job, ModelVersion, Query, Site
-from app.services.codec import wifi_from_db
+from app.services.codec import unpack_sensors, wifi_from_db
 from app.services.jobs import JobContext, ProgressReporter, create_job, finish_job
+from app.services.plans import site_walkables
 from app.services.registry import activate, publish_version
-from app.services.surveys import load_site_fingerprints
+from app.services.surveys import load_training_rows
 from ml.cotrain import CotrainConfig, holdout_guard
 from ml.data.features import build_set
+from ml.errors import InvalidParams
 from ml.finetune import evaluate
 from ml.models import MODEL_NAMES, get_model_class
+from ml.selfupdate import UpdateConfig, Walk, learn, split_walks, track, traffic_guard, traffic_score
 from ml.serialize import dumps, loads
 from ml.types import Fingerprint
 
@@ -52,24 +59,64 @@ def _pending_job(s: Session, site_id: str) -> str | None:
     )
 
 
+def unused_session_minutes(s: Session, *, site_id: str) -> float:
+    """Minutes of walking in the site's tracking sessions stored since the last update (per session: last minus
+    first timestamp of its unused queries)."""
+    rows = s.execute(
+        select(func.min(Query.client_timestamp), func.max(Query.client_timestamp))
+        .where(Query.site_id == site_id, Query.used_by_job.is_(None), Query.session_id.is_not(None))
+        .group_by(Query.session_id)
+    ).all()
+    return sum(max(0, (hi or 0) - (lo or 0)) for lo, hi in rows) / 60000.0
+
+
+def _unused_session_queries(s: Session, site_id: str) -> int:
+    return int(
+        s.scalar(
+            select(func.count())
+            .select_from(Query)
+            .where(Query.site_id == site_id, Query.used_by_job.is_(None), Query.session_id.is_not(None))
+        )
+        or 0
+    )
+
+
+def check_update_params(model: str, params: dict[str, Any]) -> UpdateConfig:
+    """The update's own settings, and the model's co-training ones (itoloc) checked, before any job exists."""
+    try:
+        cfg, rest = UpdateConfig.split_params(params)
+        if get_model_class(model).supports_cotrain:
+            CotrainConfig.from_params(rest)
+        elif rest:
+            raise InvalidParams(
+                f"unknown update params for a {model} site: {sorted(rest)}; known: {sorted(UpdateConfig.names())}"
+            )
+    except (ValueError, TypeError) as exc:
+        # ml.errors.InvalidParams is a ValueError (ml.cotrain still raises plain ones), and a value of the wrong
+        # type ({"sigma": "x"}) fails its comparison with TypeError.
+        raise Invalid(f"params: {exc}") from None
+    return cfg
+
+
 def request_cotrain(s: Session, *, site: Site, params: dict[str, Any]) -> Job:
-    """Validate and create a co-training job (the caller commits, then dispatches)."""
+    """Validate and create an update job (the caller commits, then dispatches)."""
     active = _active_version(s, site.id)
     if active is None:
         raise Conflict(f"site {site.id!r} has no active model to update; finetune one first")
-    if not get_model_class(active.model).supports_cotrain:
-        raise NotAvailable(
-            f"co-training updates itoloc models; site {site.id!r}'s active model is {active.model} "
-            f"v{active.version}. Finetune and activate an itoloc model first"
-        )
-    try:
-        CotrainConfig.from_params(dict(params.get("params") or {}))
-    except (ValueError, TypeError) as exc:
-        # User params checked before any job exists: ml.errors.InvalidParams is a ValueError (ml.cotrain still
-        # raises plain ones), and a value of the wrong type ({"sigma": "x"}) fails its comparison with TypeError.
-        raise Invalid(f"params: {exc}") from None
+    if active.model not in MODEL_NAMES:
+        raise NotAvailable(f"site {site.id!r}'s active model {active.model} cannot be updated by this server")
+    cfg = check_update_params(active.model, dict(params.get("params") or {}))
     if unused_queries(s, site_id=site.id) == 0:
         raise Conflict(f"site {site.id!r} has no stored queries not yet used by an update; nothing to learn from")
+    learns_from_singles = cfg.single_query_labels == "self" or (
+        cfg.single_query_labels == "auto" and get_model_class(active.model).supports_cotrain
+    )
+    if not learns_from_singles and _unused_session_queries(s, site.id) == 0:
+        raise Conflict(
+            f"site {site.id!r}'s active model is {active.model}: its updates learn from tracking sessions "
+            "(/locate queries with a session_id), and none were stored since the last update. Send session "
+            'queries, or set params {"single_query_labels": "self"} to learn from single queries\' own answers'
+        )
     pending = _pending_job(s, site.id)
     if pending is not None:
         raise Conflict(f"an update of site {site.id!r} is already queued or running (job {pending})")
@@ -77,17 +124,20 @@ def request_cotrain(s: Session, *, site: Site, params: dict[str, Any]) -> Job:
 
 
 def schedule_due_updates(s: Session, *, settings: Settings) -> list[str]:
-    """Jobs for every site whose active model co-trains and has >= cotrain_min_new_queries unused queries.
+    """Jobs for every site whose unused tracking sessions add up to >= cotrain_min_session_minutes of walking,
+    or (models that learn from single queries: itoloc) that has >= cotrain_min_new_queries unused queries.
 
     The caller commits, then enqueues the returned job ids."""
     created = []
     rows = s.execute(select(ModelVersion.site_id, ModelVersion.model).where(ModelVersion.status == "active")).all()
     for site_id, model in rows:
-        if model not in MODEL_NAMES or not get_model_class(model).supports_cotrain:
+        if model not in MODEL_NAMES or _pending_job(s, site_id):
             continue
-        if _pending_job(s, site_id) or unused_queries(s, site_id=site_id) < settings.cotrain_min_new_queries:
-            continue
-        created.append(create_job(s, kind="cotrain", site_id=site_id, params={"scheduled": True}).id)
+        due = unused_session_minutes(s, site_id=site_id) >= settings.cotrain_min_session_minutes
+        if not due and get_model_class(model).supports_cotrain:
+            due = unused_queries(s, site_id=site_id) >= settings.cotrain_min_new_queries
+        if due:
+            created.append(create_job(s, kind="cotrain", site_id=site_id, params={"scheduled": True}).id)
     return created
 
 
@@ -145,48 +195,88 @@ def run_cotrain(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[s
 def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, Any]:
     site_id = job.site_id
     assert site_id is not None
-    params = dict(job.params.get("params") or {})
     guard = bool(job.params.get("guard", True))
     seed = int(job.params.get("seed", 0))
-    progress(0.0, "loading the active model, survey and queries")
+    progress(0.0, "loading the active model, survey, plans and queries")
     with ctx.db.session() as s:
         active = _active_version(s, site_id)
         if active is None:
             raise JobFailed("the site has no active model any more")
         parent, model_name = active.version, active.model
+        cfg = check_update_params(model_name, dict(job.params.get("params") or {}))
+        _, model_params = UpdateConfig.split_params(dict(job.params.get("params") or {}))
         model = loads(active.weights, active.config, device=ctx.device)
-        holdout_ids = set((active.training or {}).get("holdout_fingerprint_ids") or [])
-        survey = load_site_fingerprints(s, site_id=site_id)
-        pool_ids, queries = _load_queries(s, site_id, ctx.settings.cotrain_max_queries)
-    if not model.supports_cotrain:
-        raise JobFailed(f"the active model ({model_name}) does not support co-training")
-    if not queries:
+        cls = get_model_class(model_name)
+        kind = "window" if cls.trains_on == "windows" else "fingerprint"
+        active_training = dict(active.training or {})
+        holdout_ids = set(active_training.get(f"holdout_{kind}_ids") or [])
+        saw_holdout = bool(active_training.get("refit_with_holdout"))
+        active_metrics = active.metrics
+        survey = load_training_rows(s, site_id=site_id, cls=cls)
+        plans = site_walkables(s, site_id=site_id)
+        pool = _load_queries(s, site_id, ctx.settings.cotrain_max_queries, ctx.settings.session_ttl_s)
+    if not pool.ids:
         raise JobFailed("no unused queries to learn from")
-    labeled = build_set([fp for fp in survey if fp.extra["id"] not in holdout_ids], aps=model.aps)
-    holdout = build_set([fp for fp in survey if fp.extra["id"] in holdout_ids], aps=model.aps)
-    unlabeled = build_set(queries, aps=model.aps)
+    hold_idx = np.array([i for i, fp in enumerate(survey) if fp.extra.get("id") in holdout_ids], dtype=np.int64)
+    holdout = build_set([survey[i] for i in hold_idx], aps=model.aps)
 
-    new_model, summary = model.cotrain(
-        labeled, unlabeled, params, seed=seed, progress=progress.span(0.05, 0.9), device=ctx.device
+    progress(0.05, f"tracking {len(pool.walks)} stored walks")
+    learn_walks, guard_walks = split_walks(pool.walks, cfg)
+    # the guard's reference: the held-out walks tracked with the active model, each point without its own fix
+    tracked_guard = track(model, guard_walks, plans, cfg, cross=True)
+    used_ids = [i for w in learn_walks for i in w.ids] + pool.single_ids
+    counts = {
+        "n_queries": len(pool.ids),
+        "n_sessions": len(pool.walks),
+        "n_sessions_learned": len(learn_walks),
+        "n_sessions_guard": len(guard_walks),
+        "session_minutes": round(sum(w.minutes for w in learn_walks), 2),
+        "n_single_queries": len(pool.singles),
+    }
+    cand = learn(
+        model,
+        learn_walks,
+        pool.singles,
+        survey,
+        hold_idx,
+        plans,
+        cfg,
+        model_params,
+        seed=seed,
+        progress=progress.span(0.1, 0.85),
+        device=ctx.device,
     )
-    progress(0.92, "judging the update on the survey holdout")
-    before, after = evaluate(model, holdout), evaluate(new_model, holdout)
-    promote, reason = _judge(before, after, ctx.settings.cotrain_tolerance, guard)
-    weights, config = dumps(new_model)
+    if cand is None:
+        return _nothing_to_learn(ctx, job, used_ids, counts, cfg)
+    counts["n_pseudo_labels"] = int(cand.summary["n_pseudo_labels"])
+    counts["n_vanished_aps"] = len(cand.summary["vanished_aps"])
+    progress(0.9, "judging the update on the survey holdout and on recent walks")
+    before = active_metrics if saw_holdout else evaluate(model, holdout)
+    after = evaluate(cand.scored, holdout)
+    traffic_before = traffic_score(model, tracked_guard)
+    traffic_after = traffic_score(cand.served, tracked_guard)
+    promote, reason = _judge(before, after, traffic_before, traffic_after, ctx.settings.cotrain_tolerance, guard)
+    weights, config = dumps(cand.served)
     training = {
         "job_id": job.id,
         "seed": seed,
-        "params": params,
+        "params": dict(job.params.get("params") or {}),
+        "update": asdict(cfg),
         "guard": guard,
         "tolerance": ctx.settings.cotrain_tolerance,
-        "n_queries": len(queries),
-        "n_labeled": len(labeled),
-        "n_holdout": len(holdout),
-        "holdout_fingerprint_ids": sorted(holdout_ids),
+        **counts,
+        "n_labeled": len(survey) - len(hold_idx),
+        "n_holdout": len(hold_idx),
+        f"holdout_{kind}_ids": sorted(holdout_ids),
+        "refit_with_holdout": cand.served is not cand.scored,
+        "trained_on": cls.trains_on,
+        "vanished_aps": cand.summary["vanished_aps"],
         "holdout_before": before,
         "holdout_after": after,
+        "traffic_before": traffic_before,
+        "traffic_after": traffic_after,
         "decision": reason,
-        "summary": summary,
+        "summary": cand.summary,
     }
     with ctx.db.session() as s:
         mv = publish_version(
@@ -206,15 +296,16 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
             activate(s, site_id=site_id, version=mv.version, reason=reason)
         else:
             mv.status, mv.status_reason = "rejected", reason
-        for chunk in range(0, len(pool_ids), 1000):
-            s.execute(update(Query).where(Query.id.in_(pool_ids[chunk : chunk + 1000])).values(used_by_job=job.id))
+        _mark_used(s, used_ids, job.id)
         result = {
             "status": mv.status,
             "reason": reason,
-            "n_queries": len(queries),
+            **counts,
             "holdout_before": before,
             "holdout_after": after,
-            "summary": summary,
+            "traffic_before": traffic_before,
+            "traffic_after": traffic_after,
+            "summary": cand.summary,
         }
         finish_job(
             s,
@@ -231,30 +322,114 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
     return {"version": version}
 
 
-def _load_queries(s: Session, site_id: str, limit: int) -> tuple[list[str], list[Fingerprint]]:
+def _nothing_to_learn(
+    ctx: JobContext, job: Job, used_ids: list[str], counts: dict[str, Any], cfg: UpdateConfig
+) -> dict[str, Any]:
+    """No pseudo-label passed, no single query to co-train on, no AP vanished: no version; the queries looked at
+    are marked used (so the scheduler does not retry them forever), the job says why."""
+    reason = (
+        f"no update: none of the {counts['n_sessions_learned']} walks' queries had a track uncertainty within "
+        f"max_label_error_m = {cfg.max_label_error_m:g} m, and no single query or vanished access point to learn from"
+    )
+    with ctx.db.session() as s:
+        _mark_used(s, used_ids, job.id)
+        finish_job(
+            s,
+            job_id=job.id,
+            model_version=None,
+            metrics=None,
+            result={"status": "skipped", "reason": reason, **counts},
+            message=reason,
+        )
+    return {"version": None}
+
+
+def _mark_used(s: Session, ids: list[str], job_id: str) -> None:
+    for chunk in range(0, len(ids), 1000):
+        s.execute(update(Query).where(Query.id.in_(ids[chunk : chunk + 1000])).values(used_by_job=job_id))
+
+
+@dataclass
+class _Pool:
+    ids: list[str]
+    walks: list[Walk]
+    singles: list[Fingerprint]
+    single_ids: list[str]
+
+
+def _load_queries(s: Session, site_id: str, limit: int, gap_s: float) -> _Pool:
+    """The newest `limit` unused queries: session queries grouped into walks (one per session id, in timestamp
+    order, cut where the session fell silent for longer than the session TTL, i.e. expired and was reopened),
+    and the single queries."""
     rows = s.execute(
-        select(Query.id, Query.wifi, Query.device, Query.client_timestamp, Query.created_at)
+        select(
+            Query.id,
+            Query.wifi,
+            Query.sensors,
+            Query.device,
+            Query.client_timestamp,
+            Query.created_at,
+            Query.session_id,
+            Query.floor,
+        )
         .where(Query.site_id == site_id, Query.used_by_job.is_(None))
         .order_by(Query.id.desc())
         .limit(limit)
     ).all()
-    fps = [
-        Fingerprint(
+    by_session: dict[str, list[tuple[int, str, Fingerprint]]] = defaultdict(list)
+    singles, single_ids = [], []
+    for qid, w, sens, d, t, c, sid, floor in reversed(rows):
+        ts = t if t is not None else int(c.timestamp() * 1000)
+        fp = Fingerprint(
             wifi=wifi_from_db(w),
             x=float("nan"),
             y=float("nan"),
             floor="",
             device=d,
-            timestamp=t if t is not None else int(c.timestamp() * 1000),
+            timestamp=ts,
+            sensors=unpack_sensors(sens) if sens is not None and sid is not None else None,
+            extra={"answered_floor": floor},
         )
-        for _, w, d, t, c in rows
-    ]
-    return [r[0] for r in rows], fps
+        if sid is None:
+            singles.append(fp)
+            single_ids.append(qid)
+        else:
+            by_session[sid].append((ts, qid, fp))
+    walks = []
+    for sid, items in by_session.items():
+        items.sort(key=lambda r: (r[0], r[1]))
+        part = 0
+        cur: list[tuple[int, str, Fingerprint]] = []
+        for item in items:
+            if cur and item[0] - cur[-1][0] > gap_s * 1000:
+                walks.append(_walk(f"{sid}#{part}", cur))
+                part, cur = part + 1, []
+            cur.append(item)
+        if cur:
+            walks.append(_walk(f"{sid}#{part}" if part else sid, cur))
+    return _Pool([r[0] for r in rows], walks, singles, single_ids)
 
 
-def _judge(before: dict[str, Any] | None, after: dict[str, Any] | None, tol: float, guard: bool) -> tuple[bool, str]:
+def _walk(key: str, items: list[tuple[int, str, Fingerprint]]) -> Walk:
+    return Walk(key, [fp for _, _, fp in items], [qid for _, qid, _ in items])
+
+
+def _judge(
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    traffic_before: dict[str, Any] | None,
+    traffic_after: dict[str, Any] | None,
+    tol: float,
+    guard: bool,
+) -> tuple[bool, str]:
     if not guard:
-        return True, "promoted without the holdout guard (guard disabled for this job)"
+        return True, "promoted without the guard (guard disabled for this job)"
     if before is None or after is None:
         return False, "rejected: the active version has no labeled holdout to judge an update on"
-    return holdout_guard(before, after, tol)
+    ok, reason = holdout_guard(before, after, tol)
+    if not ok:
+        return False, reason
+    ok_t, reason_t = traffic_guard(traffic_before, traffic_after, tol)
+    if not ok_t:
+        return False, reason_t
+    return True, f"{reason}; {reason_t}"

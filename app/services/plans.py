@@ -48,6 +48,12 @@ def get_plan(s: Session, *, site_id: str, floor: str) -> FloorPlan:
     return row
 
 
+def site_walkables(s: Session, *, site_id: str) -> dict[str, Walkable]:
+    """Every floor plan of the site as rasters (for one job; `PlanCache` keeps them for the API)."""
+    rows = s.scalars(select(FloorPlan).where(FloorPlan.site_id == site_id)).all()
+    return {r.floor: Walkable.from_collection(r.geojson) for r in rows}
+
+
 def plan_out(row: FloorPlan) -> dict[str, Any]:
     return {
         "site_id": row.site_id,

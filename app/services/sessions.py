@@ -28,6 +28,7 @@ import numpy as np
 from app.errors import Invalid, NotFound, Unavailable
 from ml.tracking.filter import Estimate, FilterConfig, Fix, NoPosition, TrackState, step
 from ml.tracking.floorplan import Walkable
+from ml.tracking.replay import scan_key
 from ml.tracking.smooth import smoothed_points
 from ml.types import SensorData
 
@@ -193,16 +194,6 @@ class Session:
         meta = json.loads(blob[4 : 4 + n])
         rest = blob[4 + n :]
         return cls(meta["owner"], meta["site_id"], TrackState.from_bytes(rest) if rest else None)
-
-
-def scan_key(wifi: list[tuple[str, float]]) -> str | None:
-    """Identity of a scan: the same entries again (a re-sent or cached scan) must not count twice."""
-    if not wifi:
-        return None
-    h = hashlib.blake2b(digest_size=12)
-    for b, r in sorted(wifi):
-        h.update(f"{b}:{r:g};".encode())
-    return h.hexdigest()
 
 
 def fix_from_answer(

@@ -90,6 +90,12 @@ class LocModel(ABC):
         scored (models that co-train keep the holdout unseen, so that updates can be judged on it)."""
         return None
 
+    def settings(self) -> dict[str, Any] | None:
+        """`params` that make `fit` repeat this model's recipe with the choices it made (no re-tuning): what a
+        self-maintenance update retrains with on the survey plus pseudo-labels. None: not retrainable that way
+        (itoloc updates by co-training instead)."""
+        return None
+
     @classmethod
     def holdout_settings(cls, params: dict[str, Any]) -> tuple[float, str]:
         """(fraction, grouping) of the holdout this model's own settings ask for (the benchmarks' default; the

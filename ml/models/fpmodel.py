@@ -426,6 +426,10 @@ class FingerprintNet(LocModel):
         training = {**self.training, "refit_all": True}
         return type(self)(self.aps, self.params, self.labels, self.shape, net, self.calibration, training)
 
+    def settings(self) -> dict[str, Any]:
+        """This network's settings (the scratch recipe: a transfer-trained model is retrained from scratch)."""
+        return asdict(self.params)
+
     def max_age_ms(self) -> float | None:
         return self.params.max_age_ms
 

@@ -599,6 +599,10 @@ class MTLoc(LocModel):
             out.update({f"knn.{k}": v for k, v in self.knn.arrays().items()})
         return out
 
+    def settings(self) -> dict[str, Any]:
+        """This model's settings (the scratch recipe: an IMU-transfer model is retrained from scratch)."""
+        return asdict(self.cfg)
+
     def config(self) -> dict[str, Any]:
         return {
             "aps": list(self.aps),

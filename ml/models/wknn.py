@@ -713,6 +713,10 @@ class WKNN(LocModel):
             full, self.params, self.min_rss, self.groups, self.calibration, {**self.tuning, "refit": True}, progress
         )
 
+    def settings(self) -> dict[str, Any]:
+        """The tuned choices pinned (no re-tuning; the holdout only calibrates error_m), same representation floor."""
+        return {**asdict(self.params), "tune": False, "min_rss": self.min_rss}
+
     # -- inference
 
     def max_age_ms(self) -> float | None:

@@ -98,6 +98,24 @@ def test_sensor_codec_round_trip_with_missing_modalities() -> None:
         unpack_sensors(b"nope" + bytes(20))
 
 
+@pytest.mark.parametrize("width", [3, 4])
+def test_sensor_codec_keeps_the_rotation_vector_and_reads_v1_rows(width: int) -> None:
+    """Self-maintenance replays stored sessions: their heading comes from the rotation vector, so it is stored too
+    (each modality at its own length); rows written before (format SLW1: accel/gyro/mag) still read."""
+    import struct
+
+    rng = np.random.default_rng(1)
+    rot = rng.normal(size=(12, width)).astype(np.float32)
+    s = SensorData(rate_hz=50.0, accel=rng.normal(size=(10, 3)).astype(np.float32), rotation=rot)
+    back = unpack_sensors(pack_sensors(s))
+    assert back.rotation is not None and np.array_equal(back.rotation, rot) and back.gyro is None
+    assert back.accel is not None and back.accel.shape == (10, 3)
+    acc = rng.normal(size=(5, 3)).astype("<f4")
+    v1 = struct.pack("<4sfHB", b"SLW1", 25.0, 5, 1) + acc.tobytes()
+    old = unpack_sensors(v1)
+    assert old.rate_hz == 25.0 and old.accel is not None and np.array_equal(old.accel, acc) and old.rotation is None
+
+
 def test_query_ids_sort_by_creation() -> None:
     ids = [time_ordered_id() for _ in range(1000)]
     assert ids == sorted(ids) and len(set(ids)) == 1000

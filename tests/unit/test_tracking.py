@@ -246,7 +246,8 @@ def test_ilc_map_to_site_metres() -> None:
 def test_memory_store_expires_silent_sessions_and_scopes_by_owner() -> None:
     import time
 
-    from app.services.sessions import MemoryStore, Tracker, scan_key
+    from app.services.sessions import MemoryStore, Tracker
+    from ml.tracking.replay import scan_key
 
     tracker = Tracker(MemoryStore(ttl_s=0.05))
     fix = Fix(1.0, 2.0, "1", 3.0)

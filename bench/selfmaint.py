@@ -1,0 +1,471 @@
+"""Self-maintaining sites on ILC 2020 (issue 18): one update from later walks, through the public API.
+
+    python -m bench.selfmaint                                   # every floor of both sites (docs/benchmarks/cotrain.md)
+    python -m bench.selfmaint --sites site1 --floors F1         # one floor
+
+Per floor, the paths are ordered by start time: the earliest 50% are the survey, the next 25% arrive later as
+unlabeled tracking sessions, the last 25% are scored with single WiFi queries. Everything goes through a real
+`siteloc serve` (embedded mode, a temporary data dir) with the Python client, as a new user would:
+
+1. a site per variant: the survey uploaded (`POST /sites/{id}/surveys`, a JSONL file), the floor plan PUT from
+   the archive's map, `POST /sites/{id}/finetune` with the model (default settings);
+2. the middle quarter replayed as sessions through `POST /locate/batch`: one query per second from each path's
+   first to last waypoint, with the last second of accelerometer, gyroscope, magnetometer and rotation vector
+   (50 Hz), plus the newest scan when one arrived in that second (entry ages as of the query); `session_id` = the
+   path, `timestamp` = the second;
+3. one update: `POST /sites/{id}/cotrain`, the job's decision and its two guard scores read back;
+4. the last quarter scored: every scan of those paths as a single `/locate` (no session) with the version to score
+   activated (`POST .../models/{v}/activate`; the guard's choice is restored afterwards), against the waypoints
+   interpolated at the scan's time.
+
+Variants (each on its own site, so that each update sees only its own queries):
+- `sessions`: the update as the scheduler would run it (default params);
+- `single`: the middle quarter's scans sent as single queries (no session, no sensors), the update with
+  `{"single_query_labels": "self"}` (the model's own confident answers as pseudo-labels);
+- `harmful`: the sessions again, the update with `{"label_noise_m": N}` (noise on every pseudo-label): the guard
+  should reject it;
+- `control`: survey only, same settings, no queries: the candidate `ml.selfupdate.build_candidate` makes from the
+  survey and no pseudo-labels, in-process (the API refuses an update with nothing to learn from), from the same
+  finetune pipeline and holdout as the service's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.client import Client
+from app.client import Invalid as ClientInvalid
+from bench.core import default_data_dir, git_commit, machine
+from bench.serve import Server
+from bench.tracking import RATE_HZ, STEP_MS, window
+from ml.data.features import build_set
+from ml.data.floorplans import ilc_plan_collection
+from ml.data.ilc2020 import IlcTrace, parse_ilc_trace, trace_fingerprints
+from ml.finetune import finetune, fit_model
+from ml.models import get_model_class
+from ml.models.base import QueryBatch
+from ml.selfupdate import build_candidate
+from ml.types import Fingerprint, WifiReading
+
+VARIANTS = ("sessions", "single", "harmful", "control")
+
+
+def read_floor(path: Path, floor: str) -> tuple[list[IlcTrace], dict[str, Any]]:
+    traces: list[IlcTrace] = []
+    maps: dict[str, bytes] = {}
+    with tarfile.open(path, "r:*") as tar:
+        for m in tar:
+            f = tar.extractfile(m) if m.isfile() else None
+            if f is None:
+                continue
+            if m.name.endswith(".txt"):
+                traces.append(parse_ilc_trace(f.read().decode(), m.name, sensors=True, rotation=True, floor_hint=floor))
+            elif m.name.endswith(("geojson_map.json", "floor_info.json")):
+                maps[m.name.rsplit("/", 1)[-1]] = f.read()
+    return traces, ilc_plan_collection(maps["geojson_map.json"], maps["floor_info.json"], str(path))
+
+
+def time_thirds(traces: list[IlcTrace]) -> tuple[list[IlcTrace], list[IlcTrace], list[IlcTrace]]:
+    """(survey, later sessions, scored): earliest 50%, next 25%, last 25% of the paths by start time."""
+    ordered = sorted(traces, key=lambda tr: (tr.span[0], tr.trace_id))
+    n = len(ordered)
+    a, b = round(n * 0.5), round(n * 0.75)
+    return ordered[:a], ordered[a:b], ordered[b:]
+
+
+def _wifi_json(readings: list[WifiReading], extra_age: float = 0.0) -> list[dict[str, Any]]:
+    out = []
+    for r in readings:
+        e: dict[str, Any] = {"bssid": r.bssid, "rssi": float(r.rssi)}
+        if r.age_ms is not None or extra_age:
+            e["age_ms"] = int((r.age_ms or 0) + extra_age)
+        out.append(e)
+    return out
+
+
+def survey_rows(traces: list[IlcTrace]) -> list[dict[str, Any]]:
+    return [
+        {
+            "wifi": _wifi_json(fp.wifi),
+            "x": fp.x,
+            "y": fp.y,
+            "floor": fp.floor,
+            "device": fp.device,
+            "timestamp": fp.timestamp,
+            "path": fp.path,
+        }
+        for tr in traces
+        for fp in trace_fingerprints(tr)
+    ]
+
+
+def session_queries(tr: IlcTrace, site_id: str, *, session: bool) -> list[dict[str, Any]]:
+    """One query per second over the path (as the tracking benchmark): sensors + the newest new scan.
+    `session=False`: only the seconds with a new scan, as single queries (no session, no sensors)."""
+    lo, hi = tr.span
+    out: list[dict[str, Any]] = []
+    for t in np.arange(lo + STEP_MS, hi + 1, STEP_MS, dtype=np.float64).tolist():
+        s = int(np.searchsorted(tr.scan_times, t, side="right")) - 1
+        new = s >= 0 and tr.scan_times[s] > t - STEP_MS
+        q: dict[str, Any] = {"site_id": site_id, "device": tr.device or "phone"}
+        if new:
+            q["wifi"] = _wifi_json(tr.scans[s], t - float(tr.scan_times[s]))
+        if session:
+            sensors = window(tr, t)
+            if not new and (sensors is None or not out):
+                continue  # nothing to send, or motion before the session's first scan
+            q.update(session_id=f"{site_id[:8]}-{tr.trace_id}", timestamp=int(t))
+            if sensors is not None:
+                q["sensors"] = {
+                    "rate_hz": RATE_HZ,
+                    **{
+                        k: np.round(getattr(sensors, k), 4).tolist()
+                        for k in ("accel", "gyro", "mag", "rotation")
+                        if getattr(sensors, k) is not None
+                    },
+                }
+        elif not new:
+            continue
+        if "wifi" not in q and "sensors" not in q:
+            continue
+        out.append(q)
+    return out
+
+
+def scored_queries(traces: list[IlcTrace]) -> list[Fingerprint]:
+    return [fp for tr in traces for fp in trace_fingerprints(tr)]
+
+
+def score_api(client: Client, site_id: str, fps: list[Fingerprint], chunk: int = 500) -> dict[str, Any]:
+    err, hit = [], []
+    for i in range(0, len(fps), chunk):
+        part = fps[i : i + chunk]
+        out = client.locate_batch(
+            [{"site_id": site_id, "wifi": _wifi_json(fp.wifi), "device": fp.device} for fp in part]
+        )
+        for fp, o in zip(part, out, strict=True):
+            err.append(float(np.hypot(o.x - fp.x, o.y - fp.y)))
+            hit.append(o.floor == fp.floor)
+    return _stats(err, hit)
+
+
+def _stats(err: list[float], hit: list[bool]) -> dict[str, Any]:
+    a = np.asarray(err)
+    return {
+        "n": len(a),
+        "mean_m": round(float(a.mean()), 3),
+        "median_m": round(float(np.median(a)), 3),
+        "p90_m": round(float(np.percentile(a, 90)), 3),
+        "floor_hit": round(float(np.mean(hit)), 4),
+        "_err": a.tolist(),
+    }
+
+
+def new_site(
+    client: Client, name: str, survey: list[dict[str, Any]], plan: dict[str, Any], floor: str, model: str
+) -> tuple[str, int]:
+    site = client.create_site(name).id
+    with tempfile.TemporaryDirectory() as tmp:  # a JSON body would pass the body-size limit: stream a JSONL file
+        f = Path(tmp) / "survey.jsonl"
+        f.write_text("".join(json.dumps(r) + "\n" for r in survey))
+        client.upload_survey_file(site, f, fmt="jsonl")
+    client.put_plan(site, floor, plan)
+    job = client.job_wait(client.finetune(site, {"model": model}), timeout=3600)
+    if job.state != "succeeded":
+        raise RuntimeError(f"finetune of {name} failed: {job.error or job.message}")
+    return site, int(job.model_version or 0)
+
+
+def replay(client: Client, site: str, traces: list[IlcTrace], *, session: bool, chunk: int = 200) -> dict[str, int]:
+    """Send the queries; a batch refused with a 422 (a scan that hears none of the site's APs refuses the whole
+    batch: nothing is stored) is sent again one by one, and a refused query goes again without its scan when it has
+    a sensor window (what a phone does), else it is dropped. Returns counts."""
+    n = {"sent": 0, "scan_dropped": 0, "dropped": 0}
+    for tr in traces:
+        qs = session_queries(tr, site, session=session)
+        for i in range(0, len(qs), chunk):
+            part = qs[i : i + chunk]
+            try:
+                client.locate_batch(part)
+                n["sent"] += len(part)
+                continue
+            except ClientInvalid:
+                pass
+            for q in part:
+                try:
+                    client.locate(q)
+                    n["sent"] += 1
+                except ClientInvalid:
+                    if "sensors" in q and "wifi" in q:
+                        client.locate({k: v for k, v in q.items() if k != "wifi"})
+                        n["sent"] += 1
+                        n["scan_dropped"] += 1
+                    else:
+                        n["dropped"] += 1
+    return n
+
+
+def update(client: Client, site: str, params: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    job = client.job_wait(client.cotrain(site, params=params), timeout=3600)
+    out: dict[str, Any] = {"job_state": job.state, "update_s": round(time.perf_counter() - t0, 1)}
+    if job.state != "succeeded":
+        out["error"] = job.error or job.message
+        return out
+    res = dict(job.result or {})
+    out.update(
+        status=res.get("status"),
+        reason=res.get("reason"),
+        version=job.model_version,
+        **{
+            k: res.get(k)
+            for k in (
+                "n_queries",
+                "n_sessions_learned",
+                "n_sessions_guard",
+                "n_pseudo_labels",
+                "n_vanished_aps",
+                "session_minutes",
+                "holdout_before",
+                "holdout_after",
+                "traffic_before",
+                "traffic_after",
+            )
+        },
+    )
+    return out
+
+
+def score_versions(client: Client, site: str, base: int, upd: dict[str, Any], fps: list[Fingerprint]) -> None:
+    """Score the base version and the candidate (activating each), then restore what the guard chose."""
+    upd["before"] = _score_version(client, site, base, fps)
+    cand = upd.get("version")
+    if cand:
+        upd["after"] = _score_version(client, site, int(cand), fps)
+        client.activate(site, int(cand) if upd.get("status") == "active" else base)
+    upd["served"] = upd.get("after") if upd.get("status") == "active" else upd["before"]
+
+
+def _score_version(client: Client, site: str, version: int, fps: list[Fingerprint]) -> dict[str, Any]:
+    client.activate(site, version)
+    return score_api(client, site, fps)
+
+
+def control(model: str, survey: list[IlcTrace], fps: list[Fingerprint], seed: int) -> dict[str, Any]:
+    """Survey-only control in-process: the service's finetune pipeline (holdout 0.2, seed), then the update's
+    candidate with no pseudo-labels."""
+    rows = [fp for tr in survey for fp in trace_fingerprints(tr)]
+    fs = build_set(rows)
+    cls = get_model_class(model)
+    done = finetune(fs, fit_model(cls, {}, seed=seed), holdout_fraction=0.2, seed=seed)
+    cand = build_candidate(done.model, rows, done.holdout.hold, [], [], {}, seed=seed)
+    out = {}
+    for name, m in (("before", done.model), ("after", cand.served)):
+        q = build_set(fps, aps=m.aps)
+        pred = m.predict(QueryBatch.from_set(q))
+        err = np.hypot(*(pred.xy - q.xy).T).tolist()
+        out[name] = _stats(err, [str(f) == fp.floor for f, fp in zip(pred.floor, fps, strict=True)])
+    return out
+
+
+def run_floor(client: Client, data_dir: Path, site: str, floor: str, args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    traces, plan = read_floor(data_dir / "ilc2020" / site / f"{floor}.tar.xz", floor)
+    survey, later, scored = time_thirds(traces)
+    rows = survey_rows(survey)
+    fps = scored_queries(scored)
+    res: dict[str, Any] = {
+        "paths": [len(survey), len(later), len(scored)],
+        "survey_rows": len(rows),
+        "scored": len(fps),
+    }
+    for variant in args.variants:
+        v0 = time.perf_counter()
+        if variant == "control":
+            res[variant] = control(args.model, survey, fps, args.seed)
+        else:
+            sid, base = new_site(client, f"{site}-{floor}-{variant}", rows, plan, floor, args.model)
+            n = replay(client, sid, later, session=variant != "single")
+            params = {
+                "sessions": {},
+                "single": {"single_query_labels": "self"},
+                "harmful": {"label_noise_m": args.harmful_noise_m},
+            }[variant]
+            params = {**params, **args.params}
+            upd = update(client, sid, params)
+            upd["params"], upd["replayed"] = params, n
+            score_versions(client, sid, base, upd, fps)
+            res[variant] = upd
+        res[variant]["seconds"] = round(time.perf_counter() - v0, 1)
+        print(f"{site}/{floor} {variant}: {_line(res[variant])}", file=sys.stderr, flush=True)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def _line(r: dict[str, Any]) -> str:
+    b, a = r.get("before", {}), r.get("after", {})
+    ch = _change(b, a)
+    return (
+        f"before {b.get('mean_m')} m, after {a.get('mean_m')} m ({ch}), {r.get('status', '')} "
+        f"{(r.get('reason') or '')[:160]}"
+    )
+
+
+def _change(b: dict[str, Any], a: dict[str, Any]) -> str:
+    if not b.get("mean_m") or not a.get("mean_m"):
+        return "-"
+    return f"{(a['mean_m'] / b['mean_m'] - 1) * 100:+.1f}%"
+
+
+def pooled(floors: dict[str, Any], variant: str, key: str) -> dict[str, Any] | None:
+    err = [e for f in floors.values() if variant in f and key in f[variant] for e in f[variant][key]["_err"]]
+    if not err:
+        return None
+    a = np.asarray(err)
+    return {"n": len(a), "mean_m": round(float(a.mean()), 3)}
+
+
+def strip(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: strip(v) for k, v in obj.items() if k != "_err"}
+    if isinstance(obj, list):
+        return [strip(v) for v in obj]
+    return obj
+
+
+def render(result: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks/cotrain.md from a result JSON (`--render FILE`)."""
+    lines = [
+        "| site / floor | paths survey / sessions / scored | scored scans | before (m) | after: sessions | guard "
+        "| served | survey-only control | single-query labels only | harmful (noisy labels) | harmful: guard "
+        "| pseudo-labels | vanished APs | held-out walks: traffic before / after (m) |",
+        "|---|---|--:|--:|--:|---|--:|--:|--:|--:|---|--:|--:|---|",
+    ]
+
+    def m(r: dict[str, Any] | None, key: str = "after") -> str:
+        if not r or key not in r:
+            return "-"
+        base = r.get("before", {})
+        return f"{r[key]['mean_m']} ({_change(base, r[key])})"
+
+    for site, v in result["sites"].items():
+        for floor, r in v["floors"].items():
+            s = r.get("sessions", {})
+            h = r.get("harmful", {})
+            tb, ta = s.get("traffic_before") or {}, s.get("traffic_after") or {}
+            lines.append(
+                f"| {site} {floor} | {' / '.join(map(str, r['paths']))} | {r['scored']} "
+                f"| {s.get('before', {}).get('mean_m', '-')} | {m(s)} | {s.get('status', '-')} | {m(s, 'served')} "
+                f"| {m(r.get('control'))} | {m(r.get('single'))} | {m(h)} | {h.get('status', '-')} "
+                f"| {s.get('n_pseudo_labels', '-')} | {s.get('n_vanished_aps', '-')} "
+                f"| {tb.get('mean_m', '-')} / {ta.get('mean_m', '-')} |"
+            )
+        p = v.get("pooled", {})
+        cells = []
+        for variant, key in (
+            ("sessions", "after"),
+            ("sessions", "served"),
+            ("control", "after"),
+            ("single", "after"),
+            ("harmful", "after"),
+        ):
+            x = p.get(f"{variant}_{key}")
+            cells.append(f"{x['mean_m']} ({x['change']})" if x else "-")
+        b = p.get("sessions_before") or {}
+        lines.append(
+            f"| **{site} pooled** | | {b.get('n', '-')} | {b.get('mean_m', '-')} | {cells[0]} | | {cells[1]} "
+            f"| {cells[2]} | {cells[3]} | {cells[4]} | | | | |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.selfmaint", description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--sites", default="site1,site2")
+    p.add_argument("--floors", default="", help="comma-separated floors (default: every floor of each site)")
+    p.add_argument("--model", default="wknn")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--params", type=json.loads, default={}, help="extra update params for every API variant (JSON)")
+    p.add_argument("--harmful-noise-m", type=float, default=15.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.add_argument("--tag", default="")
+    p.add_argument("--render", type=Path, default=None, help="print the markdown table of a result JSON and exit")
+    args = p.parse_args(argv)
+    args.variants = [v for v in args.variants.split(",") if v]
+    bad = set(args.variants) - set(VARIANTS)
+    if bad:
+        p.error(f"unknown variants {sorted(bad)}; known: {VARIANTS}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.render is not None:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
+    data_dir = args.data_dir or default_data_dir()
+    if data_dir is None or not (data_dir / "ilc2020").is_dir():
+        print("python -m bench.selfmaint: error: no ILC data (pass --data-dir)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {
+        "benchmark": "selfmaint",
+        "command": shlex.join(["python", "-m", "bench.selfmaint", *argv]),
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "protocol": __doc__,
+        "model": args.model,
+        "sites": {},
+    }
+    server = Server(workers=1)
+    try:
+        with Client(server.base, server.admin_key, timeout=600) as client:
+            for site in args.sites.split(","):
+                floors = (
+                    args.floors.split(",")
+                    if args.floors
+                    else sorted(p.name.split(".")[0] for p in (data_dir / "ilc2020" / site).glob("*.tar.xz"))
+                )
+                fl = {f: run_floor(client, data_dir, site, f, args) for f in floors}
+                pool: dict[str, Any] = {}
+                base = pooled(fl, "sessions", "before")
+                pool["sessions_before"] = base
+                for variant, key in (
+                    ("sessions", "after"),
+                    ("sessions", "served"),
+                    ("control", "after"),
+                    ("single", "after"),
+                    ("harmful", "after"),
+                ):
+                    x = pooled(fl, variant, key)
+                    ref = pooled(fl, variant, "before")
+                    if x and ref:
+                        x["change"] = f"{(x['mean_m'] / ref['mean_m'] - 1) * 100:+.1f}%"
+                    pool[f"{variant}_{key}"] = x
+                result["sites"][site] = {"floors": fl, "pooled": pool}
+                print(f"{site} pooled: {json.dumps(pool)}", file=sys.stderr, flush=True)
+    finally:
+        server.stop()
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"selfmaint_{args.model}" + (f"_{args.tag}" if args.tag else "")
+    (args.out / f"{name}.json").write_text(json.dumps(strip(result), indent=2, default=float))
+    print(f"wrote {args.out / (name + '.json')} in {result['seconds']} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

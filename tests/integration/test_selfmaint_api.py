@@ -1,0 +1,127 @@
+"""Self-maintenance through the API (both modes): a wknn site learns from its tracking sessions; the guard rejects a
+harmful update; the scheduler starts an update once enough session minutes have accrued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.db import Database
+from app.services.cotrain import schedule_due_updates, unused_session_minutes
+from ml.data.jsonl import fingerprint_to_json
+from tests import synthetic_walks as sw
+from tests.integration.conftest import ADMIN, Api
+
+
+def _sensors(s: Any) -> dict[str, Any]:
+    return {"rate_hz": s.rate_hz, "accel": s.accel.round(3).tolist(), "rotation": s.rotation.round(5).tolist()}
+
+
+def _walk_queries(site: str, walk: list[sw.WalkSample], sid: str) -> list[dict[str, Any]]:
+    out = []
+    for s in walk:
+        q: dict[str, Any] = {"site_id": site, "session_id": sid, "timestamp": s.t_ms, "device": "phone-b"}
+        if s.wifi:
+            q["wifi"] = [{"bssid": r.bssid, "rssi": r.rssi} for r in s.wifi]
+        if s.sensors is not None:
+            q["sensors"] = _sensors(s.sensors)
+        out.append(q)
+    return out
+
+
+def _site(api: Api, name: str, world: sw.World) -> str:
+    site = api.create_site(name)
+    api.upload(site, [fingerprint_to_json(fp) for fp in sw.survey(world)])
+    r = api.put(f"/sites/{site}/floors/0/plan", json=sw.PLAN, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    job = api.finetune(site)
+    assert job["state"] == "succeeded", job
+    return site
+
+
+def _replay(api: Api, site: str, walks: list[list[sw.WalkSample]], tag: str) -> None:
+    for i, w in enumerate(walks):
+        r = api.post("/locate/batch", json={"queries": _walk_queries(site, w, f"{tag}-{site[:8]}-{i}")}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+
+
+def _east_error(api: Api, site: str, east: list[Any]) -> float:
+    queries = [{"site_id": site, "wifi": [{"bssid": r.bssid, "rssi": r.rssi} for r in fp.wifi]} for fp in east]
+    r = api.post("/locate/batch", json={"queries": queries}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    out = r.json()["results"]
+    return float(np.mean([np.hypot(o["x"] - fp.x, o["y"] - fp.y) for o, fp in zip(out, east, strict=True)]))
+
+
+@pytest.fixture(scope="module")
+def world() -> sw.World:
+    return sw.world(0)
+
+
+def test_a_wknn_site_learns_from_its_sessions(api: Api, world: sw.World) -> None:
+    site = _site(api, "self-maintained", world)
+    east = sw.scored(world, n=80, seed=7, x_min=60.0)
+    _replay(api, site, sw.walks(world, 16), "walk")
+    r = api.post(f"/sites/{site}/cotrain", headers=ADMIN)
+    assert r.status_code == 202, r.text
+    job = api.wait_job(r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    res = job["result"]
+    assert res["status"] == "active", {k: v for k, v in res.items() if k != "holdout_after"}
+    assert res["n_sessions_learned"] == 12 and res["n_sessions_guard"] == 4 and res["n_pseudo_labels"] > 50
+    assert res["traffic_before"]["walks"] == 4 and res["traffic_after"]["mean_m"] is not None
+    assert "recent traffic" in res["reason"] and "holdout" in res["reason"]
+    versions = {v["version"]: v for v in api.get(f"/sites/{site}/models", headers=ADMIN).json()}
+    new = versions[job["model_version"]]
+    assert new["source"] == "cotrain" and new["parent_version"] == 1 and new["status"] == "active"
+    t = new["training"]
+    assert (
+        t["n_sessions_learned"] == 12 and t["session_minutes"] > 10 and t["n_pseudo_labels"] == res["n_pseudo_labels"]
+    )
+    assert t["traffic_before"] == res["traffic_before"] and t["holdout_before"]["n"] > 0
+    # the served map is better in the sparsely surveyed half than the version it replaced
+    after = _east_error(api, site, east)
+    r = api.post(f"/sites/{site}/models/1/activate", headers=ADMIN)
+    assert r.status_code == 200
+    before = _east_error(api, site, east)
+    assert after < 0.9 * before, (before, after)
+    # the learned walks were used once; the 4 guard walks stay for the next update
+    db = Database(api.backend.database_url)
+    try:
+        with db.session() as s:
+            assert 3.0 < unused_session_minutes(s, site_id=site) < 5.0
+    finally:
+        db.dispose()
+
+
+def test_the_guard_rejects_noisy_pseudo_labels(api: Api, world: sw.World) -> None:
+    site = _site(api, "harmful update", world)
+    _replay(api, site, sw.walks(world, 16), "walk")
+    r = api.post(f"/sites/{site}/cotrain", json={"params": {"label_noise_m": 40.0}}, headers=ADMIN)
+    assert r.status_code == 202, r.text
+    job = api.wait_job(r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    assert job["result"]["status"] == "rejected" and job["result"]["reason"].startswith("rejected"), job["result"]
+    active = [v["version"] for v in api.get(f"/sites/{site}/models", headers=ADMIN).json() if v["status"] == "active"]
+    assert active == [1]
+
+
+def test_the_scheduler_counts_session_minutes(api: Api, world: sw.World) -> None:
+    site = _site(api, "scheduled", world)
+    _replay(api, site, sw.walks(world, 6, seed=5), "walk")  # 6 walks of 59 s; other sites here hold < 4 min
+    db = Database(api.backend.database_url)
+    try:
+        with db.session() as s:
+            assert unused_session_minutes(s, site_id=site) == pytest.approx(6 * 59 / 60)
+            assert schedule_due_updates(s, settings=api.backend.settings(cotrain_min_session_minutes=7.0)) == []
+        with db.session() as s:
+            created = schedule_due_updates(s, settings=api.backend.settings(cotrain_min_session_minutes=5.0))
+        assert len(created) == 1
+    finally:
+        db.dispose()
+    api.app.state.runtime.dispatcher.enqueue(created[0])
+    job = api.wait_job(created[0])
+    assert job["state"] == "succeeded" and job["site_id"] == site, job
+    assert job["result"]["n_sessions_learned"] == 4 and job["result"]["n_sessions_guard"] == 2

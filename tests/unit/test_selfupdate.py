@@ -1,0 +1,145 @@
+"""Self-maintenance updates (ml.selfupdate) on the synthetic corridor: walks teach the radio map the unsurveyed
+half, the guard's traffic score sees an update that hurts, vanished APs are found only where walks went."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.data.features import build_set
+from ml.errors import InvalidParams
+from ml.finetune import finetune, fit_model
+from ml.models.base import LocModel, QueryBatch
+from ml.models.wknn import WKNN
+from ml.selfupdate import (
+    UpdateConfig,
+    Walk,
+    build_candidate,
+    drop_aps,
+    learn,
+    split_walks,
+    track,
+    traffic_guard,
+    traffic_score,
+    vanished_aps,
+)
+from ml.tracking.floorplan import Walkable
+from ml.types import Fingerprint
+from tests import synthetic_walks as sw
+
+
+def _as_walks(samples: list[list[sw.WalkSample]]) -> list[Walk]:
+    return [
+        Walk(
+            f"w{i}",
+            [Fingerprint(wifi=s.wifi, x=np.nan, y=np.nan, floor="", timestamp=s.t_ms, sensors=s.sensors) for s in ss],
+            [f"q{i}-{k}" for k in range(len(ss))],
+        )
+        for i, ss in enumerate(samples)
+    ]
+
+
+def _mean_error(model: LocModel, fps: list[Fingerprint]) -> float:
+    fs = build_set(fps, aps=model.aps)
+    pred = model.predict(QueryBatch.from_set(fs))
+    return float(np.hypot(*(pred.xy - fs.xy).T).mean())
+
+
+@pytest.fixture(scope="module")
+def corridor() -> dict:
+    w = sw.world(0)
+    survey = sw.survey(w)
+    done = finetune(build_set(survey), fit_model(WKNN, {}, seed=0), holdout_fraction=0.2, seed=0)
+    plans = {"0": Walkable.from_collection(sw.PLAN)}
+    return {"world": w, "survey": survey, "model": done.model, "hold": done.holdout.hold, "plans": plans}
+
+
+def test_walks_teach_the_unsurveyed_half(corridor: dict) -> None:
+    w, model = corridor["world"], corridor["model"]
+    east = sw.scored(w, x_min=60.0)
+    walks = _as_walks(sw.walks(w, 12))
+    cfg = UpdateConfig()
+    cand = learn(model, walks, [], corridor["survey"], corridor["hold"], corridor["plans"], cfg, {}, seed=0)
+    assert cand is not None and cand.summary["n_pseudo_labels"] > 50
+    before, after = _mean_error(model, east), _mean_error(cand.served, east)
+    assert after < 0.85 * before, (before, after)
+    # the survey is never replaced: the west half stays as good as it was
+    west = [fp for fp in sw.scored(w, n=200, seed=3) if fp.x <= 48.0]
+    assert _mean_error(cand.served, west) < 1.15 * _mean_error(model, west) + 0.5
+    # the scored candidate never saw the survey holdout; the served one is refitted on it
+    assert len(cand.scored.survey.xy) < len(cand.served.survey.xy)
+
+
+def test_survey_only_candidate_is_the_active_model(corridor: dict) -> None:
+    model, east = corridor["model"], sw.scored(corridor["world"], x_min=60.0)
+    cand = build_candidate(model, corridor["survey"], corridor["hold"], [], [], {}, seed=0)
+    assert _mean_error(cand.served, east) == pytest.approx(_mean_error(model, east))
+    assert learn(model, [], [], corridor["survey"], corridor["hold"], None, UpdateConfig(), {}) is None
+
+
+def test_traffic_score_rejects_noisy_labels_and_keeps_good_ones(corridor: dict) -> None:
+    w, model = corridor["world"], corridor["model"]
+    learn_walks, guard = split_walks(_as_walks(sw.walks(w, 16)), UpdateConfig())
+    assert len(guard) == 4 and len(learn_walks) == 12
+    ref = track(model, guard, corridor["plans"], UpdateConfig(), cross=True)
+    before = traffic_score(model, ref)
+    assert before is not None and before["n"] > 0
+    good = learn(model, learn_walks, [], corridor["survey"], corridor["hold"], corridor["plans"], UpdateConfig(), {})
+    bad = learn(
+        model,
+        learn_walks,
+        [],
+        corridor["survey"],
+        corridor["hold"],
+        corridor["plans"],
+        UpdateConfig(label_noise_m=30.0),
+        {},
+    )
+    assert good is not None and bad is not None
+    assert traffic_guard(before, traffic_score(good.served, ref), 0.02)[0]
+    ok, reason = traffic_guard(before, traffic_score(bad.served, ref), 0.02)
+    assert not ok and "recent traffic" in reason
+
+
+def test_vanished_aps_only_where_walks_went(corridor: dict) -> None:
+    w, model = corridor["world"], corridor["model"]
+    fs = build_set(corridor["survey"])
+    # an AP near the west end that the walks pass (they start at 5-30 m), and one in the unsurveyed east
+    west_ap = next(n for n, p in zip(w.names, w.aps, strict=True) if p[0] < 30 and n in fs.aps)
+    walks = _as_walks(sw.walks(w, 12, gone=frozenset({west_ap})))
+    cfg = UpdateConfig()
+    from ml.selfupdate import pseudo_labels
+
+    located = pseudo_labels(model, track(model, walks, corridor["plans"], cfg), cfg)
+    gone = vanished_aps(fs, located, cfg)
+    assert gone == [west_ap]
+    assert vanished_aps(fs, located, UpdateConfig(churn=False)) == []
+    dropped = drop_aps(fs, gone)
+    col = fs.aps.index(west_ap)
+    assert np.isnan(dropped.rss[:, col]).all() and not np.isnan(fs.rss[:, col]).all()
+
+
+def test_split_walks_holds_out_the_newest() -> None:
+    walks = [Walk(f"w{i}", [Fingerprint(wifi=[], x=0, y=0, floor="", timestamp=1000 * (10 - i))] * 6) for i in range(8)]
+    walks.append(Walk("short", [Fingerprint(wifi=[], x=0, y=0, floor="", timestamp=99_999)]))
+    learn_walks, guard = split_walks(walks, UpdateConfig())
+    assert [w.key for w in guard] == ["w1", "w0"]  # newest first timestamps, the short walk ignored
+    assert len(learn_walks) == 6
+    assert split_walks(walks[:1], UpdateConfig()) == (walks[:1], [])
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"single_query_labels": "maybe"}, "single_query_labels"),
+        ({"guard_fraction": 1.0}, "guard_fraction"),
+        ({"max_label_error_m": 0}, "max_label_error_m"),
+        ({"rounds": 9}, "rounds"),
+        ({"particles": "many"}, "particles"),
+    ],
+)
+def test_bad_update_params_are_named(params: dict, needle: str) -> None:
+    with pytest.raises(InvalidParams, match=needle):
+        UpdateConfig.split_params(params)
+    cfg, rest = UpdateConfig.split_params({"sigma": 0.5, "rounds": 1})
+    assert cfg.rounds == 1 and rest == {"sigma": 0.5}
