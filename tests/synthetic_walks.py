@@ -62,7 +62,7 @@ def survey(w: World, x_dense: float = 50.0) -> list[Fingerprint]:
         for y in (4.0, 10.0, 16.0):
             if x > x_dense and (y != 10.0 or (x - 1.0) % 12):
                 continue
-            for rep in range(2):  # two scans per point, one survey walk per line
+            for _rep in range(2):  # two scans per point, one survey walk per line
                 out.append(Fingerprint(wifi=w.scan(x, y), x=float(x), y=y, floor="0", path=f"line{int(y)}"))
     return out
 
