@@ -397,7 +397,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default="wknn")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--params", type=json.loads, default={}, help="extra update params for every API variant (JSON)")
-    p.add_argument("--harmful-noise-m", type=float, default=15.0)
+    p.add_argument("--harmful-noise-m", type=float, default=40.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.add_argument("--tag", default="")

@@ -63,6 +63,10 @@ class UpdateConfig:
     rounds: int = 1  # label -> retrain rounds (round r tracks the walks with round r-1's model; 2+ measured no better)
     label_noise_m: float = 0.0  # deliberately harmful (shows the guard at work): noise on the pseudo-labels
     particles: int = 400
+    # The held-out walks' tracks the guard compares answers with: each model's own ("own": its answers must agree with
+    # a track made from its other answers and the phone's motion) or the active model's for both ("active": biased
+    # towards the active model; on ILC it rejected updates that helped the later walks).
+    guard_reference: str = "own"
     smoother: str = "blend"  # the whole-walk smoother behind the pseudo-labels: blend | rts | lsq (ml.tracking.smooth)
 
     @classmethod
@@ -82,6 +86,8 @@ class UpdateConfig:
             raise InvalidParams("guard_fraction must be in [0, 1)")
         if cfg.max_label_error_m <= 0 or cfg.self_label_max_error_m <= 0 or cfg.label_noise_m < 0:
             raise InvalidParams("max_label_error_m and self_label_max_error_m must be > 0, label_noise_m >= 0")
+        if cfg.guard_reference not in ("active", "own"):
+            raise InvalidParams("guard_reference must be active or own")
         if cfg.smoother not in ("blend", "rts", "lsq"):
             raise InvalidParams("smoother must be one of blend, rts, lsq")
         if cfg.particles < 10 or cfg.particles > 5000:

@@ -30,10 +30,14 @@ def finetune(site: SiteDep, body: FinetuneIn, s: SessionDep, rt: RuntimeDep, pri
 
 @router.post("/sites/{site_id}/cotrain", status_code=status.HTTP_202_ACCEPTED, response_model=JobRef)
 def cotrain(site: SiteDep, s: SessionDep, rt: RuntimeDep, body: CotrainIn | None = None) -> JobRef:
-    """One co-training update of the site's active model from its stored, not yet used /locate queries.
+    """One self-maintenance update of the site's active model (any model) from its stored, not yet used /locate
+    queries: tracking-session walks become pseudo-labels (smoothed positions); `itoloc` also co-trains on single
+    queries. The newest walks are held out to judge the update.
 
-    The result is a new version: `active` if it is not worse on the survey holdout than the current one,
-    else `rejected` with the reason (see GET /sites/{id}/models). Needs an active `itoloc` model.
+    The result is a new version: `active` if it is worse neither on the survey holdout nor on the held-out recent
+    walks than the current one (beyond SITELOC_COTRAIN_TOLERANCE), else `rejected` with the reason (see GET
+    /sites/{id}/models). 409 when there is nothing to learn from (no unused queries; for models other than
+    `itoloc`, no unused session queries) or an update is already running.
     """
     body = body or CotrainIn()
     job = request_cotrain(s, site=site, params=body.model_dump(mode="json"))

@@ -87,11 +87,15 @@ class CotrainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     guard: bool = Field(
         default=True,
-        description="Promote the update only if it is not worse on the survey "
-        "holdout than the active version (beyond SITELOC_COTRAIN_TOLERANCE). false = promote anyway",
+        description="Promote the update only if it is worse neither on the survey holdout nor on the held-out "
+        "recent walks than the active version (beyond SITELOC_COTRAIN_TOLERANCE). false = promote anyway",
     )
     seed: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
-    params: dict[str, Any] = Field(default_factory=dict, description="Co-training settings overriding defaults")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Update settings overriding defaults (ml/selfupdate.py UpdateConfig, e.g. max_label_error_m, "
+        "guard_fraction, single_query_labels; for itoloc also ml/cotrain.py CotrainConfig)",
+    )
 
 
 class JobRef(BaseModel):

@@ -222,7 +222,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
 
     progress(0.05, f"tracking {len(pool.walks)} stored walks")
     learn_walks, guard_walks = split_walks(pool.walks, cfg)
-    # the guard's reference: the held-out walks tracked with the active model, each point without its own fix
+    # the guard's reference: the held-out walks tracked, each point without its own fix (`guard_reference`)
     tracked_guard = track(model, guard_walks, plans, cfg, cross=True)
     used_ids = [i for w in learn_walks for i in w.ids] + pool.single_ids
     counts = {
@@ -254,7 +254,10 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
     before = active_metrics if saw_holdout else evaluate(model, holdout)
     after = evaluate(cand.scored, holdout)
     traffic_before = traffic_score(model, tracked_guard)
-    traffic_after = traffic_score(cand.served, tracked_guard)
+    if cfg.guard_reference == "own":
+        traffic_after = traffic_score(cand.served, track(cand.served, guard_walks, plans, cfg, cross=True))
+    else:
+        traffic_after = traffic_score(cand.served, tracked_guard)
     promote, reason = _judge(before, after, traffic_before, traffic_after, ctx.settings.cotrain_tolerance, guard)
     weights, config = dumps(cand.served)
     training = {
