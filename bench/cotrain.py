@@ -53,6 +53,7 @@ from ml.data.splits import holdout_split, split_by_group
 from ml.evaluate import metrics
 from ml.models import get_model_class
 from ml.models.base import LocModel, QueryBatch
+from ml.selfupdate import UpdateConfig, learn
 from ml.serialize import dumps, loads
 from ml.types import Fingerprint
 
@@ -141,8 +142,6 @@ def run_study(
     model, train_s = trained_model(
         args.model, survey, hold_idx, args.params, args.seed, args.out / ".cache", key, args.verbose
     )
-    if not model.supports_cotrain:
-        raise BenchError(f"model {args.model} does not support co-training")
     before = {"B": score(model, b), "holdout": score(model, hold), "A": score(model, a)}
 
     def progress(fraction: float, message: str) -> None:
@@ -150,13 +149,21 @@ def run_study(
             print(f"  [{fraction:4.0%}] {message}", file=sys.stderr, flush=True)
 
     # what the worker sees of a stored query: the scan, the phone, the time; no position
-    unlabeled = build_set(
-        [Fingerprint(fp.wifi, float("nan"), float("nan"), "", device=fp.device, timestamp=fp.timestamp) for fp in a]
-    )
+    queries = [
+        Fingerprint(fp.wifi, float("nan"), float("nan"), "", device=fp.device, timestamp=fp.timestamp) for fp in a
+    ]
     t0 = time.perf_counter()
-    new, summary = model.cotrain(
-        build_set(fit, model.aps), unlabeled, args.cotrain_params, seed=args.seed, progress=progress
-    )
+    if model.supports_cotrain:
+        new, summary = model.cotrain(
+            build_set(fit, model.aps), build_set(queries), args.cotrain_params, seed=args.seed, progress=progress
+        )
+    else:
+        # any other model: the self-maintenance update with single queries only (no sessions here), its own
+        # confident answers as pseudo-labels; the candidate scored like the model above (holdout never fitted)
+        cfg, rest = UpdateConfig.split_params({"single_query_labels": "self", **args.cotrain_params})
+        cand = learn(model, [], queries, survey, hold_idx, None, cfg, rest, seed=args.seed, progress=progress)
+        new = cand.scored if cand is not None else model
+        summary = cand.summary if cand is not None else {"n_pseudo_labels": 0}
     update_s = time.perf_counter() - t0
     after = {"B": score(new, b), "holdout": score(new, hold), "A": score(new, a)}
     promoted, reason = holdout_guard(before["holdout"], after["holdout"], args.tolerance)  # the service's guard
@@ -210,10 +217,15 @@ def run_study(
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", default="itoloc", help="a model that supports co-training (default itoloc)")
+    common.add_argument(
+        "--model", default="itoloc", help="itoloc co-trains; any other model runs the single-query self-update"
+    )
     common.add_argument("--params", type=_json_object, default={}, help="JSON object for the model's fit")
     common.add_argument(
-        "--cotrain-params", type=_json_object, default={}, help="JSON object for the update (ml.cotrain.CotrainConfig)"
+        "--cotrain-params",
+        type=_json_object,
+        default={},
+        help="JSON object for the update (ml.cotrain.CotrainConfig; other models ml.selfupdate.UpdateConfig)",
     )
     common.add_argument("--holdout-fraction", type=float, default=0.2, help="survey holdout (service default 0.2)")
     common.add_argument("--tolerance", type=float, default=0.02, help="the guard's tolerance (service default 0.02)")

@@ -8,15 +8,14 @@ Every table in the document sits between a marker line and `<!-- /bench-table --
     | ... generated ... |
     <!-- /bench-table -->
 
-KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`, `mtloc_goal`, `mtloc_fractions`,
-`mtloc_wipe`; each PATTERN is a glob under the result folders (in the order given; matches of one pattern sorted
-by name). The folders are `bench-out/` (what the benchmark commands write) and `docs/benchmarks/results/` (committed
-copies of the JSON files behind the published tables, so that a fresh clone can check and regenerate them); a file
-in `bench-out/` wins over its committed copy. The numbers are copied from the JSON files, never typed: re-run the
+KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`, `selfmaint`, `mtloc_goal`,
+`mtloc_fractions`, `mtloc_wipe`; each PATTERN is a glob under the result folders (in the order given; matches of one
+pattern sorted by name). The folders are `bench-out/` (what the benchmark commands write) and `docs/benchmarks/results/`
+(committed copies of the JSON files behind the published tables, so that a fresh clone can check and regenerate them); a
+file in `bench-out/` wins over its committed copy. The numbers are copied from the JSON files, never typed: re-run the
 command in a row, then this script, and the table follows. `--check` exits 1 when the document is not what the JSON
-files say (missing files are reported, not invented; a table for which any pattern matches no file here is left as
-it is, so that a partial set of results never drops rows).
-"""
+files say (missing files are reported, not invented; a table for which any pattern matches no file here is left as it
+is, so that a partial set of results never drops rows)."""
 
 from __future__ import annotations
 
@@ -477,7 +476,22 @@ def wknn_query(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def selfmaint(rows: list[dict[str, Any]]) -> list[str]:
+    """bench.selfmaint results (one JSON per site or several sites each): one table over all their sites."""
+    from bench.selfmaint import render as render_selfmaint
+
+    sites: dict[str, Any] = {}
+    for r in rows:  # runs of other variants of the same floors (e.g. the oracle) join their floors' rows
+        for name, site in r.get("sites", {}).items():
+            into = sites.setdefault(name, {"floors": {}, "pooled": {}})
+            for floor, variants in site["floors"].items():
+                into["floors"].setdefault(floor, {}).update(variants)
+            into["pooled"].update({k: v for k, v in site.get("pooled", {}).items() if v})
+    return render_selfmaint({"sites": sites}).rstrip("\n").split("\n")
+
+
 KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
+    "selfmaint": selfmaint,
     "mtloc_goal": mtloc_goal,
     "mtloc_fractions": mtloc_fractions,
     "mtloc_wipe": mtloc_wipe,

@@ -26,7 +26,10 @@ Variants (each on its own site, so that each update sees only its own queries):
   should reject it;
 - `control`: survey only, same settings, no queries: the candidate `ml.selfupdate.build_candidate` makes from the
   survey and no pseudo-labels, in-process (the API refuses an update with nothing to learn from), from the same
-  finetune pipeline and holdout as the service's.
+  finetune pipeline and holdout as the service's;
+- `oracle` (a ceiling, not a product result): the same candidate in-process with the middle quarter's scans labelled
+  with their TRUE positions (waypoints interpolated) instead of pseudo-labels: how much better the radio map could
+  get from these walks with perfect tracks.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from ml.models.base import QueryBatch
 from ml.selfupdate import build_candidate
 from ml.types import Fingerprint, WifiReading
 
-VARIANTS = ("sessions", "single", "harmful", "control")
+VARIANTS = ("sessions", "single", "harmful", "control", "oracle")
 
 
 def read_floor(path: Path, floor: str) -> tuple[list[IlcTrace], dict[str, Any]]:
@@ -261,14 +264,17 @@ def _score_version(client: Client, site: str, version: int, fps: list[Fingerprin
     return score_api(client, site, fps)
 
 
-def control(model: str, survey: list[IlcTrace], fps: list[Fingerprint], seed: int) -> dict[str, Any]:
+def control(
+    model: str, survey: list[IlcTrace], fps: list[Fingerprint], seed: int, labelled: list[IlcTrace] | None = None
+) -> dict[str, Any]:
     """Survey-only control in-process: the service's finetune pipeline (holdout 0.2, seed), then the update's
-    candidate with no pseudo-labels."""
+    candidate with no pseudo-labels (`labelled`: the oracle, those paths' scans with their true positions)."""
     rows = [fp for tr in survey for fp in trace_fingerprints(tr)]
+    truth = [fp for tr in labelled or [] for fp in trace_fingerprints(tr)]
     fs = build_set(rows)
     cls = get_model_class(model)
     done = finetune(fs, fit_model(cls, {}, seed=seed), holdout_fraction=0.2, seed=seed)
-    cand = build_candidate(done.model, rows, done.holdout.hold, [], [], {}, seed=seed)
+    cand = build_candidate(done.model, rows, done.holdout.hold, truth, [], {}, seed=seed)
     out = {}
     for name, m in (("before", done.model), ("after", cand.served)):
         q = build_set(fps, aps=m.aps)
@@ -291,8 +297,8 @@ def run_floor(client: Client, data_dir: Path, site: str, floor: str, args: argpa
     }
     for variant in args.variants:
         v0 = time.perf_counter()
-        if variant == "control":
-            res[variant] = control(args.model, survey, fps, args.seed)
+        if variant in ("control", "oracle"):
+            res[variant] = control(args.model, survey, fps, args.seed, later if variant == "oracle" else None)
         else:
             sid, base = new_site(client, f"{site}-{floor}-{variant}", rows, plan, floor, args.model)
             n = replay(client, sid, later, session=variant != "single")
@@ -344,47 +350,46 @@ def strip(obj: Any) -> Any:
 
 
 def render(result: dict[str, Any]) -> str:
-    """The tables of docs/benchmarks/cotrain.md from a result JSON (`--render FILE`)."""
+    """The table of docs/benchmarks/cotrain.md from a result's "sites" (`--render FILE`, `python -m bench.report`)."""
     lines = [
         "| site / floor | paths survey / sessions / scored | scored scans | before (m) | after: sessions | guard "
         "| served | survey-only control | single-query labels only | harmful (noisy labels) | harmful: guard "
-        "| pseudo-labels | vanished APs | held-out walks: traffic before / after (m) |",
-        "|---|---|--:|--:|--:|---|--:|--:|--:|--:|---|--:|--:|---|",
+        "| oracle labels (ceiling) | pseudo-labels | vanished APs | held-out walks' score before / after (m) |",
+        "|---|---|--:|--:|--:|---|--:|--:|--:|--:|---|--:|--:|--:|---|",
     ]
 
     def m(r: dict[str, Any] | None, key: str = "after") -> str:
-        if not r or key not in r:
+        if not r or not r.get(key):
             return "-"
-        base = r.get("before", {})
-        return f"{r[key]['mean_m']} ({_change(base, r[key])})"
+        return f"{r[key]['mean_m']:.2f} ({_change(r.get('before', {}), r[key])})"
 
     for site, v in result["sites"].items():
         for floor, r in v["floors"].items():
-            s = r.get("sessions", {})
-            h = r.get("harmful", {})
+            s, h = r.get("sessions", {}), r.get("harmful", {})
             tb, ta = s.get("traffic_before") or {}, s.get("traffic_after") or {}
             lines.append(
                 f"| {site} {floor} | {' / '.join(map(str, r['paths']))} | {r['scored']} "
                 f"| {s.get('before', {}).get('mean_m', '-')} | {m(s)} | {s.get('status', '-')} | {m(s, 'served')} "
                 f"| {m(r.get('control'))} | {m(r.get('single'))} | {m(h)} | {h.get('status', '-')} "
-                f"| {s.get('n_pseudo_labels', '-')} | {s.get('n_vanished_aps', '-')} "
+                f"| {m(r.get('oracle'))} | {s.get('n_pseudo_labels', '-')} | {s.get('n_vanished_aps', '-')} "
                 f"| {tb.get('mean_m', '-')} / {ta.get('mean_m', '-')} |"
             )
         p = v.get("pooled", {})
         cells = []
-        for variant, key in (
-            ("sessions", "after"),
-            ("sessions", "served"),
-            ("control", "after"),
-            ("single", "after"),
-            ("harmful", "after"),
+        for key in (
+            "sessions_after",
+            "sessions_served",
+            "control_after",
+            "single_after",
+            "harmful_after",
+            "oracle_after",
         ):
-            x = p.get(f"{variant}_{key}")
-            cells.append(f"{x['mean_m']} ({x['change']})" if x else "-")
+            x = p.get(key)
+            cells.append(f"{x['mean_m']:.2f} ({x['change']})" if x else "-")
         b = p.get("sessions_before") or {}
         lines.append(
             f"| **{site} pooled** | | {b.get('n', '-')} | {b.get('mean_m', '-')} | {cells[0]} | | {cells[1]} "
-            f"| {cells[2]} | {cells[3]} | {cells[4]} | | | | |"
+            f"| {cells[2]} | {cells[3]} | {cells[4]} | | {cells[5]} | | | |"
         )
     return "\n".join(lines) + "\n"
 
@@ -449,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                     ("control", "after"),
                     ("single", "after"),
                     ("harmful", "after"),
+                    ("oracle", "after"),
                 ):
                     x = pooled(fl, variant, key)
                     ref = pooled(fl, variant, "before")

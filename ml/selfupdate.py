@@ -4,12 +4,16 @@ One update (the service's co-training job, `app/services/cotrain.py`, calls `pla
 
 1. **Walks.** The stored queries of each tracking session, in time order, are replayed through the same particle
    filter as `/locate` with the active model's answers, then smoothed over the whole walk (`ml.tracking.replay`).
-   Each WiFi query of a walk gets the smoothed position at its timestamp and the track's uncertainty there.
+   Each WiFi query of a walk gets the smoothed position at its timestamp and the track's uncertainty there. A
+   scan unlike anything in the survey (`Coverage`: farther from the nearest survey fingerprint than 90% of the
+   survey's own holdout scans) gets a fix that snaps to the edge of the survey, so its fix counts with an error of
+   at least `outside_sigma_m` (40 m) and the phone's motion carries the track there: that is where the survey has
+   nothing and the walks teach the most.
 2. **Guard walks.** The newest `guard_fraction` of the walks (at least one when there are two or more) are held out:
    the update never sees them; they judge it (`traffic_score`): how far a model's single-query answers to their
    scans fall from their smoothed tracks. No labels are needed, and it sees the present (new phones, moved APs),
    which the survey holdout cannot.
-3. **Pseudo-labels.** The other walks' WiFi queries whose track uncertainty is at most `max_label_error_m` become
+3. **Pseudo-labels.** The other walks' WiFi queries whose track uncertainty is at most `max_label_error_m` (12 m) become
    labelled fingerprints (the smoothed position, the floor of the track). Single queries outside sessions add
    pseudo-labels only where the model has a test for them: iToLoc's co-training (agreement, confidence, dropout
    stability); with `single_query_labels: "self"` any model uses its own answers whose error estimate is at most
@@ -40,6 +44,7 @@ from ml.data.features import FingerprintSet, build_set
 from ml.errors import InsufficientData, InvalidParams
 from ml.finetune import span as _span
 from ml.models.base import LocModel, ProgressFn, QueryBatch, no_progress
+from ml.models.wknn import WKNN
 from ml.params import check_types
 from ml.tracking.filter import Estimate, FilterConfig, Fix
 from ml.tracking.floorplan import Walkable
@@ -51,7 +56,7 @@ SINGLE_QUERY_LABELS = ("auto", "off", "self")
 
 @dataclass(frozen=True)
 class UpdateConfig:
-    max_label_error_m: float = 8.0  # pseudo-labels whose track uncertainty is larger are not used
+    max_label_error_m: float = 12.0  # pseudo-labels whose track uncertainty is larger are not used
     min_walk_queries: int = 5  # shorter walks teach nothing the single queries do not
     guard_fraction: float = 0.25  # newest walks held out to judge the update on recent traffic
     max_guard_walks: int = 50
@@ -63,10 +68,16 @@ class UpdateConfig:
     rounds: int = 1  # label -> retrain rounds (round r tracks the walks with round r-1's model; 2+ measured no better)
     label_noise_m: float = 0.0  # deliberately harmful (shows the guard at work): noise on the pseudo-labels
     particles: int = 400
-    # The held-out walks' tracks the guard compares answers with: each model's own ("own": its answers must agree with
-    # a track made from its other answers and the phone's motion) or the active model's for both ("active": biased
-    # towards the active model; on ILC it rejected updates that helped the later walks).
-    guard_reference: str = "own"
+    # labels only within this of an in-coverage scan of the walk (0 = off, the default: on ILC site1 F4 the gate
+    # dropped walks labelled 110 m off and the later walks got worse, +3.7% instead of -10.7%; see cotrain.md)
+    anchor_s: float = 0.0
+    coverage_quantile: float = 0.9  # "in coverage": as close to the survey as this quantile of its holdout scans
+    outside_sigma_m: float = 40.0  # fixes of scans outside coverage count with at least this error (0 = off)
+    # The held-out walks' tracks the guard compares answers with: the active model's for both ("active": favours the
+    # active model, hence the service's separate SITELOC_COTRAIN_TRAFFIC_TOLERANCE) or each model's own ("own": its
+    # answers against a track made from its other answers and the phone's motion; on ILC site1 F3 it promoted a
+    # noisy-label update that made the later walks 7.9% worse).
+    guard_reference: str = "active"
     smoother: str = "blend"  # the whole-walk smoother behind the pseudo-labels: blend | rts | lsq (ml.tracking.smooth)
 
     @classmethod
@@ -94,6 +105,8 @@ class UpdateConfig:
             raise InvalidParams("particles must be in [10, 5000]")
         if cfg.min_walk_queries < 1 or cfg.max_guard_walks < 1 or not 1 <= cfg.rounds <= 5:
             raise InvalidParams("min_walk_queries and max_guard_walks must be >= 1, rounds in [1, 5]")
+        if cfg.anchor_s < 0 or cfg.outside_sigma_m < 0 or not 0 < cfg.coverage_quantile <= 1:
+            raise InvalidParams("anchor_s and outside_sigma_m must be >= 0, coverage_quantile in (0, 1]")
         if cfg.churn_radius_m <= 0 or cfg.churn_min_expected <= 0:
             raise InvalidParams("churn_radius_m and churn_min_expected must be > 0")
         return cfg, {k: v for k, v in params.items() if k not in names}
@@ -146,6 +159,7 @@ def track(
     cfg: UpdateConfig,
     *,
     cross: bool = False,
+    coverage: Coverage | None = None,
 ) -> list[Tracked]:
     """Replay every walk through the session filter with `model`'s answers and smooth it.
 
@@ -159,8 +173,12 @@ def track(
         if not rows:
             continue
         pred = _answers(model, [w.queries[i] for i in rows])
+        err = np.asarray(pred.error_m, dtype=np.float64)
+        if coverage is not None and cfg.outside_sigma_m > 0:
+            # a fix for a scan unlike the survey snaps to the nearest surveyed place: barely trust it
+            err = np.where(coverage.inside([w.queries[i] for i in rows]), err, np.maximum(err, cfg.outside_sigma_m))
         fix_of = {
-            i: Fix(float(pred.xy[j, 0]), float(pred.xy[j, 1]), str(pred.floor[j]), float(pred.error_m[j]))
+            i: Fix(float(pred.xy[j, 0]), float(pred.xy[j, 1]), str(pred.floor[j]), float(err[j]))
             for j, i in enumerate(rows)
         }
         parity = {i: j % 2 for j, i in enumerate(rows)}
@@ -194,14 +212,59 @@ def _building_of_floor(model: LocModel, tracked: Sequence[Tracked]) -> dict[str,
     return {f: c.most_common(1)[0][0] for f, c in votes.items()}
 
 
-def pseudo_labels(model: LocModel, tracked: Sequence[Tracked], cfg: UpdateConfig, seed: int = 0) -> list[Fingerprint]:
-    """Labelled fingerprints from the smoothed tracks (uncertainty at most `max_label_error_m`)."""
+@dataclass
+class Coverage:
+    """Does a scan look like the survey? Its Sørensen distance (powed RSSI) to the nearest survey fingerprint,
+    against `coverage_quantile` of the distances of the survey's own holdout scans to the rest of the survey.
+
+    A walk's track is anchored only near its in-coverage scans: far from the survey, every fix snaps to the nearest
+    surveyed place and the track follows (on ILC site1 F4, walks 100 m from any survey point were tracked with
+    4-6 m of spread and labelled 110 m off), so labels count only within `anchor_s` of an in-coverage scan, where
+    the phone's motion carries the anchor."""
+
+    index: WKNN
+    threshold: float
+
+    @classmethod
+    def fit(cls, survey: list[Fingerprint], holdout: np.ndarray, cfg: UpdateConfig) -> Coverage | None:
+        if (cfg.anchor_s <= 0 and cfg.outside_sigma_m <= 0) or len(holdout) == 0 or not survey:
+            return None
+        fs = build_set(survey)
+        index = WKNN.fit(fs, {"tune": False, "calibrate": False}, holdout=holdout)
+        d = index.nearest_distance(QueryBatch.from_set(fs.subset(np.asarray(holdout, dtype=np.int64))))
+        d = d[np.isfinite(d)]
+        if not len(d):
+            return None
+        return cls(index, float(np.quantile(d, cfg.coverage_quantile)))
+
+    def inside(self, fps: list[Fingerprint]) -> np.ndarray:
+        return self.index.nearest_distance(QueryBatch.from_set(build_set(fps, aps=self.index.aps))) <= self.threshold
+
+
+def _anchored(t: Tracked, coverage: Coverage | None, anchor_s: float) -> np.ndarray:
+    """Per WiFi row of the walk: within `anchor_s` of one of the walk's in-coverage scans."""
+    if coverage is None:
+        return np.ones(len(t.rows), dtype=bool)
+    ts = np.array([t.walk.queries[i].timestamp or 0 for i in t.rows], dtype=np.float64)
+    inside = coverage.inside([t.walk.queries[i] for i in t.rows])
+    if not inside.any():
+        return np.zeros(len(t.rows), dtype=bool)
+    gap = np.abs(ts[:, None] - ts[inside][None, :]).min(axis=1)
+    return gap <= anchor_s * 1000.0
+
+
+def pseudo_labels(
+    model: LocModel, tracked: Sequence[Tracked], cfg: UpdateConfig, seed: int = 0, coverage: Coverage | None = None
+) -> list[Fingerprint]:
+    """Labelled fingerprints from the smoothed tracks: uncertainty at most `max_label_error_m`, and anchored (see
+    `Coverage`) when a coverage test is given."""
     building = _building_of_floor(model, tracked)
     rng = np.random.default_rng(seed)
     fps = []
     for t in tracked:
-        for i, est in zip(t.rows, t.track, strict=True):
-            if est is None or not math.isfinite(est.error_m) or est.error_m > cfg.max_label_error_m:
+        anchored = _anchored(t, coverage, cfg.anchor_s)
+        for i, est, ok in zip(t.rows, t.track, anchored, strict=True):
+            if not ok or est is None or not math.isfinite(est.error_m) or est.error_m > cfg.max_label_error_m:
                 continue
             q = t.walk.queries[i]
             x, y = est.x, est.y
@@ -258,10 +321,12 @@ def traffic_score(model: LocModel, guard: Sequence[Tracked]) -> dict[str, Any] |
     }
 
 
-def traffic_guard(before: dict[str, Any] | None, after: dict[str, Any] | None, tolerance: float) -> tuple[bool, str]:
+def traffic_guard(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, tolerance: float, floor_tolerance: float = 0.02
+) -> tuple[bool, str]:
     """Promote only if the candidate's answers to recent walks are not farther from their tracks than the active
     model's beyond the tolerance (mean distance at most (1 + tolerance) x, floor agreement down by at most
-    `tolerance`)."""
+    `floor_tolerance`)."""
     if before is None or after is None or before.get("mean_m") is None or after.get("mean_m") is None:
         return True, "no recent walks held out to judge on"
     if after["mean_m"] > before["mean_m"] * (1 + tolerance):
@@ -270,7 +335,7 @@ def traffic_guard(before: dict[str, Any] | None, after: dict[str, Any] | None, t
             f"from the walks' tracks vs the active version's {before['mean_m']:.2f} m, beyond the {tolerance:.0%} "
             "tolerance"
         )
-    if after["floor_hit"] < before["floor_hit"] - tolerance:
+    if after["floor_hit"] < before["floor_hit"] - floor_tolerance:
         return False, (
             f"rejected: on recent traffic the floor agrees with the walks' tracks {after['floor_hit']:.3f} vs the "
             f"active version's {before['floor_hit']:.3f}, beyond the tolerance"
@@ -402,10 +467,12 @@ def learn(
     if cfg.single_query_labels == "auto" and model.supports_cotrain:
         unlabeled = [q for q in singles if q.wifi]
     per_round = []
+    coverage = Coverage.fit(survey, holdout, cfg)
     for r in range(cfg.rounds):
         span = _span(progress, r / cfg.rounds, (r + 1) / cfg.rounds)
         span(0.0, f"round {r + 1}: tracking {len(walks)} walks")
-        pseudo = pseudo_labels(labeler, track(labeler, walks, plans, cfg), cfg, seed)
+        tracked = track(labeler, walks, plans, cfg, coverage=coverage)
+        pseudo = pseudo_labels(labeler, tracked, cfg, seed, coverage if cfg.anchor_s > 0 else None)
         if cfg.single_query_labels == "self":
             pseudo += self_labels(labeler, singles, cfg)
         vanished = vanished_aps(build_set(survey), pseudo, cfg)

@@ -149,13 +149,13 @@ export async function modelsPage(siteId) {
   async function showDetail(v) {
     const d = await api(`/sites/${sid}/models/${v}`);
     const training = d.training || {};
-    const cotrain = Object.fromEntries(Object.entries(training).filter(([k]) => /round|pseudo|accept|reject|guard|queries/i.test(k)));
+    const cotrain = Object.fromEntries(Object.entries(training).filter(([k]) => /round|pseudo|accept|reject|guard|queries|session|traffic|vanished|decision|holdout_(before|after)/i.test(k)));
     detailBox.replaceChildren(h('div', { class: 'card' },
       h('h3', {}, `Version ${d.version}: ${d.model}, ${d.status}`),
       d.status_reason ? h('p', {}, `Status reason: ${d.status_reason}`) : null,
       h('p', {}, `source ${d.source}`, d.parent_version ? ` · parent v${d.parent_version}` : '', d.job_id ? ' · job ' : '',
         d.job_id ? h('a', { href: `#/jobs/${encodeURIComponent(d.job_id)}` }, d.job_id) : ''),
-      d.source === 'cotrain' && Object.keys(cotrain).length ? [h('h4', {}, 'Co-training summary'), h('pre', { id: 'cotrain-summary' }, JSON.stringify(cotrain, null, 2))] : null,
+      d.source === 'cotrain' && Object.keys(cotrain).length ? [h('h4', {}, 'Update summary'), h('pre', { id: 'cotrain-summary' }, JSON.stringify(cotrain, null, 2))] : null,
       h('h4', {}, 'Training record'), h('pre', { id: 'training-record' }, JSON.stringify(training, null, 2))));
   }
 

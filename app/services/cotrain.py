@@ -258,7 +258,14 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
         traffic_after = traffic_score(cand.served, track(cand.served, guard_walks, plans, cfg, cross=True))
     else:
         traffic_after = traffic_score(cand.served, tracked_guard)
-    promote, reason = _judge(before, after, traffic_before, traffic_after, ctx.settings.cotrain_tolerance, guard)
+    promote, reason = _judge(
+        before,
+        after,
+        traffic_before,
+        traffic_after,
+        (ctx.settings.cotrain_tolerance, ctx.settings.cotrain_traffic_tolerance),
+        guard,
+    )
     weights, config = dumps(cand.served)
     training = {
         "job_id": job.id,
@@ -267,6 +274,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
         "update": asdict(cfg),
         "guard": guard,
         "tolerance": ctx.settings.cotrain_tolerance,
+        "traffic_tolerance": ctx.settings.cotrain_traffic_tolerance,
         **counts,
         "n_labeled": len(survey) - len(hold_idx),
         "n_holdout": len(hold_idx),
@@ -422,17 +430,18 @@ def _judge(
     after: dict[str, Any] | None,
     traffic_before: dict[str, Any] | None,
     traffic_after: dict[str, Any] | None,
-    tol: float,
+    tol: tuple[float, float],
     guard: bool,
 ) -> tuple[bool, str]:
+    """(promote, reason): the survey holdout within tol[0], the held-out walks' score within tol[1]."""
     if not guard:
         return True, "promoted without the guard (guard disabled for this job)"
     if before is None or after is None:
         return False, "rejected: the active version has no labeled holdout to judge an update on"
-    ok, reason = holdout_guard(before, after, tol)
+    ok, reason = holdout_guard(before, after, tol[0])
     if not ok:
         return False, reason
-    ok_t, reason_t = traffic_guard(traffic_before, traffic_after, tol)
+    ok_t, reason_t = traffic_guard(traffic_before, traffic_after, tol[1], tol[0])
     if not ok_t:
         return False, reason_t
     return True, f"{reason}; {reason_t}"

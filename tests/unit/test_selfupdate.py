@@ -143,3 +143,20 @@ def test_bad_update_params_are_named(params: dict, needle: str) -> None:
         UpdateConfig.split_params(params)
     cfg, rest = UpdateConfig.split_params({"sigma": 0.5, "rounds": 1})
     assert cfg.rounds == 1 and rest == {"sigma": 0.5}
+
+
+def test_coverage_tells_scans_unlike_the_survey() -> None:
+    """Scans far from every survey point (the east end of a corridor surveyed only in its west half) are outside;
+    scans among the survey points are inside. Outside fixes snap to the survey's edge, so tracking trusts them less."""
+    from ml.selfupdate import Coverage
+
+    w = sw.world(3)
+    west = sw.survey(w, x_dense=50.0)
+    west = [fp for fp in west if fp.x <= 50.0]
+    done = finetune(build_set(west), fit_model(WKNN, {}, seed=0), holdout_fraction=0.2, seed=0)
+    cov = Coverage.fit(west, done.holdout.hold, UpdateConfig(outside_sigma_m=30.0))
+    assert cov is not None
+    inside = cov.inside([fp for fp in sw.scored(w, n=60, seed=4) if fp.x < 45])
+    outside = cov.inside([fp for fp in sw.scored(w, n=60, seed=5, x_min=85.0)])
+    assert inside.mean() > 0.7 and outside.mean() < 0.2, (inside.mean(), outside.mean())
+    assert Coverage.fit(west, done.holdout.hold, UpdateConfig(outside_sigma_m=0.0)) is None  # off: not built
