@@ -3,7 +3,7 @@ candidate model version, promoted only if it is not worse than the active versio
 recent traffic (`ml.selfupdate` has the method: pseudo-labels from smoothed session walks, AP churn, the guard).
 
 The survey (labeled) and the queries (unlabeled) never mix: queries carry no labels, pseudo-labels live only in
-the candidate, and the queries an update learned from are marked with its job, so each is used once (the walks
+the candidate, and the queries an update looked at are marked with its job, so each is used once (the walks
 held out to judge it stay unused, for the next update). One update per site at a time: a lease on the site row,
 renewed while the job runs, which a crashed worker's job stops renewing (so it expires and frees the site).
 """
@@ -224,7 +224,8 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
     learn_walks, guard_walks = split_walks(pool.walks, cfg)
     # the guard's reference: the held-out walks tracked, each point without its own fix (`guard_reference`)
     tracked_guard = track(model, guard_walks, plans, cfg, cross=True)
-    used_ids = [i for w in learn_walks for i in w.ids] + pool.single_ids
+    held = {i for w in guard_walks for i in w.ids}  # left unused: the next update learns from them
+    used_ids = [i for i in pool.ids if i not in held]
     counts = {
         "n_queries": len(pool.ids),
         "n_sessions": len(pool.walks),
@@ -338,9 +339,11 @@ def _nothing_to_learn(
 ) -> dict[str, Any]:
     """No pseudo-label passed, no single query to co-train on, no AP vanished: no version; the queries looked at
     are marked used (so the scheduler does not retry them forever), the job says why."""
+    singles = "" if cfg.single_query_labels == "off" else f", none of {counts['n_single_queries']} single queries"
     reason = (
-        f"no update: none of the {counts['n_sessions_learned']} walks' queries had a track uncertainty within "
-        f"max_label_error_m = {cfg.max_label_error_m:g} m, and no single query or vanished access point to learn from"
+        f"no update: nothing to learn from ({counts['n_sessions_learned']} walks gave no pseudo-label with a track "
+        f"uncertainty within max_label_error_m = {cfg.max_label_error_m:g} m{singles} passed the model's "
+        "single-query test, and no access point vanished)"
     )
     with ctx.db.session() as s:
         _mark_used(s, used_ids, job.id)

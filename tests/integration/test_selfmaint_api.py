@@ -125,3 +125,16 @@ def test_the_scheduler_counts_session_minutes(api: Api, world: sw.World) -> None
     job = api.wait_job(created[0])
     assert job["state"] == "succeeded" and job["site_id"] == site, job
     assert job["result"]["n_sessions_learned"] == 4 and job["result"]["n_sessions_guard"] == 2
+
+
+def test_an_update_with_nothing_to_learn_says_so_and_uses_up_its_queries(api: Api, world: sw.World) -> None:
+    site = _site(api, "too short", world)
+    _replay(api, site, [sw.walk(world, 10.0, 10.0, 3, 1_700_000_000_000)], "short")  # 3 queries: too short a walk
+    r = api.post(f"/sites/{site}/cotrain", headers=ADMIN)
+    assert r.status_code == 202, r.text
+    job = api.wait_job(r.json()["job_id"])
+    assert job["state"] == "succeeded" and job["model_version"] is None, job
+    assert job["result"]["status"] == "skipped" and "nothing to learn" in job["result"]["reason"]
+    assert [v["version"] for v in api.get(f"/sites/{site}/models", headers=ADMIN).json()] == [1]
+    r = api.post(f"/sites/{site}/cotrain", headers=ADMIN)
+    assert r.status_code == 409  # those queries were looked at: the scheduler does not retry them forever

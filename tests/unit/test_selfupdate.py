@@ -3,6 +3,8 @@ half, the guard's traffic score sees an update that hurts, vanished APs are foun
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,28 @@ def test_coverage_tells_scans_unlike_the_survey() -> None:
     outside = cov.inside([fp for fp in sw.scored(w, n=60, seed=5, x_min=85.0)])
     assert inside.mean() > 0.7 and outside.mean() < 0.2, (inside.mean(), outside.mean())
     assert Coverage.fit(west, done.holdout.hold, UpdateConfig(outside_sigma_m=0.0)) is None  # off: not built
+
+
+@pytest.mark.parametrize("name", ["dnn", "cnnloc", "itoloc", "mtloc"])
+def test_every_model_updates_from_walks(corridor: dict, name: str) -> None:
+    """The networks retrain their recipe on the survey plus the walks' pseudo-labels (itoloc co-trains with them);
+    tiny settings: this checks the plumbing, not the accuracy."""
+    from ml.models import get_model_class
+    from tests.unit.test_gpu import TINY
+
+    w = corridor["world"]
+    params = dict(TINY[name])
+    survey = corridor["survey"]
+    if name == "mtloc":  # trains on sensor windows: a still phone at each survey point
+        survey = [replace(fp, sensors=sw.window(0.0, steps_per_s=0.0)) for fp in survey]
+    cls = get_model_class(name)
+    done = finetune(build_set(survey), fit_model(cls, params, seed=0), holdout_fraction=0.2, seed=0)
+    walks = _as_walks(sw.walks(w, 4))
+    cand = learn(done.model, walks, [], survey, done.holdout.hold, corridor["plans"], UpdateConfig(), {}, seed=0)
+    assert cand is not None and cand.summary["n_pseudo_labels"] > 0
+    assert type(cand.served) is cls and cand.served is not done.model
+    east = sw.scored(w, n=10, seed=9)
+    pred = cand.served.predict(QueryBatch.from_set(build_set(east, aps=cand.served.aps)))
+    assert np.isfinite(pred.xy).all() and len(pred.xy) == len(east)
+    if name != "itoloc":
+        assert cand.summary["retrained_on"]["pseudo"] == cand.summary["n_pseudo_labels"]
