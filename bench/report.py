@@ -305,7 +305,7 @@ def cotrain(rows: list[dict[str, Any]]) -> list[str]:
         "floor hit B before / after",
         "guard",
         "B change, guard on",
-        "pseudo-labels accepted (M1, M2, M3)",
+        "pseudo-labels accepted (itoloc: M1, M2, M3)",
         "update (s)",
         "command",
     ]
@@ -328,7 +328,10 @@ def cotrain(rows: list[dict[str, Any]]) -> list[str]:
                     f"{_pct(b['B'].get('floor_hit'))} / {_pct(a['B'].get('floor_hit'))}",
                     "promoted" if d["guard"]["promoted"] else "rejected",
                     f"{d['B_mean_change_pct_guard_on']:+.1f}%",
-                    ", ".join(str(v) for v in d["summary"]["accepted_total"]),
+                    # itoloc: per module; other models' self-update: one count
+                    ", ".join(
+                        str(v) for v in d["summary"].get("accepted_total", [d["summary"].get("n_pseudo_labels", 0)])
+                    ),
                     _f(d.get("update_time_s"), 0),
                     _cmd(d),
                 ]

@@ -256,6 +256,8 @@ def score_versions(client: Client, site: str, base: int, upd: dict[str, Any], fp
     if cand:
         upd["after"] = _score_version(client, site, int(cand), fps)
         client.activate(site, int(cand) if upd.get("status") == "active" else base)
+    else:  # no candidate (nothing to learn): the site keeps serving what it served
+        upd["after"] = upd["before"]
     upd["served"] = upd.get("after") if upd.get("status") == "active" else upd["before"]
 
 

@@ -297,12 +297,18 @@ def self_labels(model: LocModel, queries: Sequence[Fingerprint], cfg: UpdateConf
     ]
 
 
-def traffic_score(model: LocModel, guard: Sequence[Tracked]) -> dict[str, Any] | None:
+def traffic_score(model: LocModel, guard: Sequence[Tracked], coverage: Coverage | None = None) -> dict[str, Any] | None:
     """How far `model`'s single-query answers to the guard walks' scans fall from their smoothed tracks
-    (mean metres on the track's floor; floor agreement). None without guard walks."""
+    (mean metres on the track's floor; floor agreement). `coverage`: only the scans like the survey's, where the
+    tracks rest on good fixes. None without guard walks."""
     d, hit = [], []
     for t in guard:
-        keep = [(i, e) for i, e in zip(t.rows, t.track, strict=True) if e is not None]
+        inside = (
+            coverage.inside([t.walk.queries[i] for i in t.rows])
+            if coverage is not None
+            else np.ones(len(t.rows), dtype=bool)
+        )
+        keep = [(i, e) for i, e, ok in zip(t.rows, t.track, inside, strict=True) if e is not None and ok]
         if not keep:
             continue
         pred = _answers(model, [t.walk.queries[i] for i, _ in keep])
