@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import platform
 
 from app.config import Settings
 from app.db import Database
@@ -69,6 +71,7 @@ class Runtime:
         )
 
     def start(self) -> None:
+        tune_malloc(self.settings.malloc_keep_mb)
         self.writer.start()
         self.models.start()
         self.dispatcher.start()
@@ -91,3 +94,26 @@ class Runtime:
         if close is not None:
             close()
         self.db.dispose()
+
+
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_MMAP_MAX = 32 * 1024 * 1024  # glibc's own ceiling for its dynamic threshold on 64-bit
+
+
+def tune_malloc(keep_mb: int) -> bool:
+    """Keep up to `keep_mb` MiB of freed memory for reuse and serve allocations up to 32 MiB from it (glibc only;
+    True when applied). glibc's defaults adapt the same way, but trim the heap whenever more than twice the largest
+    freed block is free at its top: a predict's few-MiB temporaries then go back to the OS after every batch and
+    the next batch faults fresh pages in again. Setting the thresholds turns that adaptation off, so both are set."""
+    if keep_mb <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX) == 1
+    ok = libc.mallopt(_M_TRIM_THRESHOLD, keep_mb * 1024 * 1024) == 1 and ok
+    if not ok:
+        log.warning("could not set glibc's malloc thresholds; its defaults stay")
+    return ok

@@ -16,10 +16,10 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import Histogram
-from sqlalchemy import bindparam, update
+from sqlalchemy import Table, bindparam, update
 
 from app.db import Database
 from app.models import Query, Site
@@ -43,8 +43,8 @@ _STOP = object()
 # SQLAlchemy Core statements built once (their compiled form is cached): one multi-row INSERT for the group and
 # one counter UPDATE per site, on one connection. The ORM's unit of work and bulk-update bookkeeping cost more
 # than the writes themselves at a few rows per commit.
-_INSERT = Query.__table__.insert()
-_SITES = Site.__table__
+_INSERT = cast(Table, Query.__table__).insert()
+_SITES = cast(Table, Site.__table__)
 _COUNT = update(_SITES).where(_SITES.c.id == bindparam("site")).values(n_queries=_SITES.c.n_queries + bindparam("k"))
 _ROW_KEYS = ("session_id",)  # optional in a row; every row of one INSERT must name the same columns
 

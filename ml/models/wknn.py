@@ -181,21 +181,29 @@ class SparseIndex:
         self, q: SparseRows, qvals: np.ndarray, need_min: bool = True, need_dot: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """(sum_j min(x_j, q_j), sum_j x_j q_j) over each query's heard APs: two (b, n) arrays
-        (zeros for the one not asked for)."""
+        (zeros for the one not asked for).
+
+        Each (query, heard AP) pair adds its AP's posting list into the query's row in place (a posting list
+        names a fingerprint once, so a fancy-indexed `+=` is exact): about half the CPU of building one
+        (query, fingerprint) key per posting for a single `bincount`, at every batch size. Sums run in
+        float64, AP by AP in the query's order."""
         b = len(q)
-        starts = self.ap_ptr[q.cols]
-        counts = self.ap_ptr[q.cols + 1] - starts
-        flat = _ranges(starts, counts)
-        key = np.repeat(q.row_ids() * self.n, counts) + self.ap_rows[flat]
-        x = self.ap_vals[flat]
-        v = np.repeat(qvals.astype(np.float32), counts)
-        size = b * self.n
-        mins = (
-            np.bincount(key, weights=np.minimum(x, v), minlength=size).reshape(b, self.n)
-            if need_min
-            else np.zeros((0, self.n))
-        )
-        dots = np.bincount(key, weights=x * v, minlength=size).reshape(b, self.n) if need_dot else np.zeros((0, self.n))
+        mins = np.zeros((b, self.n) if need_min else (0, self.n))
+        dots = np.zeros((b, self.n) if need_dot else (0, self.n))
+        ptr, rows, vals = self.ap_ptr, self.ap_rows, self.ap_vals
+        starts, ends = ptr[q.cols].tolist(), ptr[q.cols + 1].tolist()
+        v32 = qvals.astype(np.float32)
+        indptr = q.indptr.tolist()
+        for i in range(b):
+            acc_min = mins[i] if need_min else None
+            acc_dot = dots[i] if need_dot else None
+            for t in range(indptr[i], indptr[i + 1]):
+                lo, hi = starts[t], ends[t]
+                r, x, v = rows[lo:hi], vals[lo:hi], v32[t]
+                if acc_min is not None:
+                    acc_min[r] += np.minimum(x, v)
+                if acc_dot is not None:
+                    acc_dot[r] += x * v
         return mins, dots
 
 
