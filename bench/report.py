@@ -8,14 +8,14 @@ Every table in the document sits between a marker line and `<!-- /bench-table --
     | ... generated ... |
     <!-- /bench-table -->
 
-KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`, `mtloc_goal`, `mtloc_fractions`,
-`mtloc_wipe`; each PATTERN is a glob under the result folders (in the order given; matches of one pattern sorted
-by name). The folders are `bench-out/` (what the benchmark commands write) and `docs/benchmarks/results/` (committed
-copies of the JSON files behind the published tables, so that a fresh clone can check and regenerate them); a file
-in `bench-out/` wins over its committed copy. The numbers are copied from the JSON files, never typed: re-run the
-command in a row, then this script, and the table follows. `--check` exits 1 when the document is not what the JSON
-files say (missing files are reported, not invented; a table for which any pattern matches no file here is left as
-it is, so that a partial set of results never drops rows).
+KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `load_cpu`, `cotrain`, `mtloc_goal`,
+`mtloc_fractions`, `mtloc_wipe`, `wknn_query`; each PATTERN is a glob under the result folders (in the order
+given; matches of one pattern sorted by name). The folders are `bench-out/` (what the benchmark commands write)
+and `docs/benchmarks/results/` (committed copies of the JSON files behind the published tables, so that a fresh
+clone can check and regenerate them); a file in `bench-out/` wins over its committed copy. The numbers are copied
+from the JSON files, never typed: re-run the command in a row, then this script, and the table follows. `--check`
+exits 1 when the document is not what the JSON files say (missing files are reported, not invented; a table for
+which any pattern matches no file here is left as it is, so that a partial set of results never drops rows).
 """
 
 from __future__ import annotations
@@ -289,6 +289,37 @@ def load(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def load_cpu(rows: list[dict[str, Any]]) -> list[str]:
+    """`bench.locate_load` results as per-core figures: the server CPU per stored /locate, beside the framework
+    ceiling's of the same run (docs/scaling.md)."""
+    head = [
+        "load",
+        "mode",
+        "server CPU ms / request",
+        "requests per CPU-second (one core)",
+        "framework ceiling, same run (ms / request)",
+        "load avg",
+    ]
+    out = [_row(head), _row(["---", "---", "--:", "--:", "--:", "--:"])]
+    for d in rows:
+        mode = f"{d.get('mode', '?')}, {_n(d.get('workers'))} processes"
+        for name, r in (d.get("loads") or {}).items():
+            ceil = r.get("ceiling") or {}
+            out.append(
+                _row(
+                    [
+                        name,
+                        mode,
+                        _f(r.get("server_cpu_ms_per_request")),
+                        _n(r.get("requests_per_cpu_second")),
+                        _f(ceil.get("server_cpu_ms_per_request")),
+                        _f(r.get("load_average_1m_before")),
+                    ]
+                )
+            )
+    return out
+
+
 def _cotrain_label(d: dict[str, Any]) -> str:
     tag = re.search(r"--tag (\S+)", d.get("command", ""))
     return d["name"] + (f", {tag.group(1)}" if tag else "")
@@ -487,6 +518,7 @@ KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "detect": detect,
     "import": imports,
     "load": load,
+    "load_cpu": load_cpu,
     "wknn_query": wknn_query,
 }
 
