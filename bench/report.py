@@ -497,14 +497,24 @@ def mtloc_wipe(rows: list[dict[str, Any]]) -> list[str]:
 
 def wknn_query(rows: list[dict[str, Any]]) -> list[str]:
     """`bench.wknn_query`: CPU ms per query, inverted index against the dense reference, per batch size."""
-    head = ["batch", "inverted index (CPU ms / query)", "dense reference", "speed-up", "same floors", "command"]
-    out = [_row(head), _row(["--:", "--:", "--:", "--:", "---", "---"])]
+    head = [
+        "batch",
+        "inverted index (CPU ms / query)",
+        "dense reference",
+        "speed-up",
+        "same floors",
+        "freed memory kept (MiB)",
+        "command",
+    ]
+    out = [_row(head), _row(["--:", "--:", "--:", "--:", "---", "--:", "---"])]
     for d in rows:
+        keep = d.get("malloc_keep_mb")
+        kept = _n(keep) if keep else ("glibc defaults" if "malloc_keep_mb" in d else "–")
         for name, r in (d.get("cpu_ms_per_query") or {}).items():
             new, old = r.get("inverted_index"), r.get("dense")
             speed = old / new if new and old else None
             same = "yes" if d.get("same_floors") else "no"
-            out.append(_row([name.removeprefix("batch_"), _f(new, 3), _f(old, 3), _f(speed, 1), same, _cmd(d)]))
+            out.append(_row([name.removeprefix("batch_"), _f(new, 3), _f(old, 3), _f(speed, 1), same, kept, _cmd(d)]))
     return out
 
 
