@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import platform
 
@@ -77,6 +78,7 @@ class Runtime:
         self.dispatcher.start()
         if self.scheduler is not None:
             self.scheduler.start()
+        freeze_startup_objects()
         log.info(
             "siteloc runtime started (%s mode, device %s)",
             "embedded" if self.settings.embedded else "full",
@@ -117,3 +119,20 @@ def tune_malloc(keep_mb: int) -> bool:
     if not ok:
         log.warning("could not set glibc's malloc thresholds; its defaults stay")
     return ok
+
+
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive once the first runtime of this process has started (modules, the app, the runtime)
+    out of the garbage collector's sight (`gc.freeze`), once per process. A full collection otherwise walks
+    those ~260,000 objects: about 140 ms during which the process answers nothing, the p99 of a loaded server.
+    Objects created later are collected as usual; frozen ones are never freed, which suits what lives as long as
+    the process."""
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()
+    gc.freeze()

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from app.db import Database
 from app.migrate import upgrade
 from app.models import Query, Site
-from app.runtime import tune_malloc
+from app.runtime import freeze_startup_objects, tune_malloc
 from app.services.ids import time_ordered_id
 from app.services.inference import BatchExecutor
 from app.services.notify import LocalNotifier
@@ -278,6 +278,16 @@ def test_one_group_stores_session_and_plain_rows_and_counts_each_site(db: Databa
         assert sessions == {1.0: None, 2.0: "walk-1", 3.0: None, 4.0: None}
         assert s.scalar(select(func.count()).where(Query.created_at.is_not(None))) == 4
         assert s.get(Site, "a").n_queries == 2 and s.get(Site, "b").n_queries == 2  # type: ignore[union-attr]
+
+
+def test_startup_objects_are_frozen_once_per_process() -> None:
+    import gc
+
+    freeze_startup_objects()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    freeze_startup_objects()  # a second runtime in the same process (tests) freezes nothing more
+    assert gc.get_freeze_count() == frozen
 
 
 def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off() -> None:
