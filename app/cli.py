@@ -57,12 +57,22 @@ def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
 
     from app.main import create_app
 
+    # Access lines are info-level, below the warning level served at: access_log=False skips building them.
+    # uvicorn picks httptools and uvloop (uvicorn[standard]) by itself.
     if workers > 1:
         # Embedded mode too: the processes share the SQLite file (WAL) and elect one of them to run jobs
         # (worker.dispatch.EmbeddedWorker); each stores its answers before returning them.
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+        )
     else:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
 
 @main.command()

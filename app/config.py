@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     inference_max_wait_ms: float = Field(default=1.0, ge=0)
     # Loaded models per API process are bounded by this (least recently used evicted, reloaded on demand).
     model_cache_mb: int = Field(default=2048, ge=1)
+    # Freed memory an API process keeps for reuse instead of returning it to the OS (glibc's malloc trim
+    # threshold; allocations up to 32 MiB are then served from it). A query's scratch arrays are a few MiB:
+    # with glibc's defaults a process that only loads models (full mode) gives them back after each predict and
+    # faults them in again: about a tenth of its CPU per request under the wknn load (docs/benchmarks/
+    # serving.md). 0 = leave glibc's defaults.
+    malloc_keep_mb: int = Field(default=128, ge=0)
     # Stored queries older than this are deleted (unset: kept forever), except those a pending or running
     # co-training update may still read.
     query_retention_days: float | None = Field(default=None, gt=0)

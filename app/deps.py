@@ -37,19 +37,24 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-async def get_principal(
-    rt: RuntimeDep, request: Request, authorization: Annotated[str | None, Header()] = None
-) -> Principal:
-    """The key's principal, within its role's rate limit (429); failed attempts are limited per client address."""
+async def authenticate(rt: Runtime, authorization: str | None, client_host: str) -> Principal:
+    """The key's principal, within its role's rate limit (429); failed attempts are limited per client address.
+    Shared by the `AnyKey` dependency and the plain-ASGI /locate path (`app.api.locate`)."""
     try:
         principal = rt.auth.authenticate_cached(authorization)
         if principal is None:  # not cached: a database lookup, off the event loop
             principal = await asyncio.to_thread(rt.auth.authenticate, authorization)
     except Unauthorized:
-        rt.limiter.check("auth_failures", request.client.host if request.client else "unknown")
+        rt.limiter.check("auth_failures", client_host)
         raise
     rt.limiter.check(principal.role, principal.key_id)
     return principal
+
+
+async def get_principal(
+    rt: RuntimeDep, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    return await authenticate(rt, authorization, request.client.host if request.client else "unknown")
 
 
 def _role(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:

@@ -204,31 +204,37 @@ def outage_error(exc: BaseException) -> Unavailable | None:
     return None
 
 
-def install_handlers(app: FastAPI) -> None:
-    async def _handle(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, SitelocError)
-        headers: dict[str, str] = {}
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = "Bearer"
-        if isinstance(exc, Unavailable | TooManyRequests):
-            headers.update(_retry_after(exc.retry_after_s))
-        return JSONResponse(error_body(exc.detail), status_code=exc.status_code, headers=headers)
-
-    async def _validation(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+def error_response(exc: BaseException, method: str, path: str) -> JSONResponse | None:
+    """The answer to an exception a request raised: a `SitelocError` or a validation error as its 4xx, an outage
+    as 503 (logged); None for anything else (a bug: it stays a 500). The exception handlers installed on the app
+    and the plain-ASGI /locate path (`app.api.locate`) both answer through this."""
+    if isinstance(exc, RequestValidationError):
         return JSONResponse(error_body(list(exc.errors())), status_code=422)
-
-    async def _outage(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, SitelocError):
         err = outage_error(exc)
         if err is None:
+            return None
+        log.warning("%s %s: %s (%s)", method, path, err.detail, type(exc).__name__)
+        exc = err
+    headers: dict[str, str] = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, Unavailable | TooManyRequests):
+        headers.update(_retry_after(exc.retry_after_s))
+    return JSONResponse(error_body(exc.detail), status_code=exc.status_code, headers=headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    async def _handle(request: Request, exc: Exception) -> JSONResponse:
+        response = error_response(exc, request.method, request.url.path)
+        if response is None:
             raise exc  # a bug stays a 500
-        log.warning("%s %s: %s (%s)", request.method, request.url.path, err.detail, type(exc).__name__)
-        return await _handle(request, err)
+        return response
 
     app.add_exception_handler(SitelocError, _handle)
-    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(RequestValidationError, _handle)
     import kombu.exceptions
     import redis.exceptions
 
     for cls in (DBAPIError, DisconnectionError, PoolTimeout, redis.exceptions.RedisError, kombu.exceptions.KombuError):
-        app.add_exception_handler(cls, _outage)
+        app.add_exception_handler(cls, _handle)

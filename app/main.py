@@ -9,9 +9,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.types import Receive, Scope, Send
 
 from app.api import browse, health, jobs, keys, locate, models, plans, sessions, sites
 from app.api.console import mount_console
+from app.api.locate import LocatePath
 from app.config import Settings, get_settings
 from app.errors import ErrorOut, install_handlers
 from app.middleware import BodyLimit, Metrics
@@ -21,6 +23,17 @@ from app.schemas.api import LocateBatchIn, LocateIn, SurveyIn
 DESCRIPTION = """Self-hosted indoor localization. POST a WiFi scan (and optionally a sensor window) to `/locate`
 and get x, y (metres, the site's frame), floor and an error estimate. Auth: `Authorization: Bearer <key>`;
 roles `app` (locate), `operator` (surveys, training, models of its sites), `admin` (everything, keys)."""
+
+
+class SitelocApp(FastAPI):
+    """FastAPI with /locate's plain-ASGI way in (`app.api.locate.LocatePath`) in front of its whole stack."""
+
+    def __init__(self, *, max_locate: int, max_body: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._front = LocatePath(super().__call__, lambda: self.state.runtime, max_locate=max_locate, max_body=max_body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._front(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> FastAPI:
@@ -36,7 +49,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         finally:
             rt.stop()
 
-    app = FastAPI(title="siteloc", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, **_no_otel())
+    app = SitelocApp(
+        title="siteloc",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_locate=min(settings.max_locate_body_bytes, settings.max_body_bytes),
+        max_body=settings.max_body_bytes,
+        **_no_otel(),
+    )
     install_handlers(app)
     for router in (
         sites.router,

@@ -55,7 +55,7 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _send_413(send, limit)
+            await too_large_body(send, limit)
             return
         seen = 0
         started = False
@@ -79,10 +79,10 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await _send_413(send, limit)
+                await too_large_body(send, limit)
 
 
-async def _send_413(send: Send, limit: int) -> None:
+async def too_large_body(send: Send, limit: int) -> None:
     body = b'{"detail":"request body larger than the limit of %d bytes"}' % limit
     await send(
         {

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
+import platform
 
 from app.config import Settings
 from app.db import Database
@@ -69,11 +72,13 @@ class Runtime:
         )
 
     def start(self) -> None:
+        tune_malloc(self.settings.malloc_keep_mb)
         self.writer.start()
         self.models.start()
         self.dispatcher.start()
         if self.scheduler is not None:
             self.scheduler.start()
+        freeze_startup_objects()
         log.info(
             "siteloc runtime started (%s mode, device %s)",
             "embedded" if self.settings.embedded else "full",
@@ -91,3 +96,43 @@ class Runtime:
         if close is not None:
             close()
         self.db.dispose()
+
+
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_MMAP_MAX = 32 * 1024 * 1024  # glibc's own ceiling for its dynamic threshold on 64-bit
+
+
+def tune_malloc(keep_mb: int) -> bool:
+    """Keep up to `keep_mb` MiB of freed memory for reuse and serve allocations up to 32 MiB from it (glibc only;
+    True when applied). glibc's defaults adapt the same way, but trim the heap whenever more than twice the largest
+    freed block is free at its top: a predict's few-MiB temporaries then go back to the OS after every batch and
+    the next batch faults fresh pages in again. Setting the thresholds turns that adaptation off, so both are set."""
+    if keep_mb <= 0 or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX) == 1
+    ok = libc.mallopt(_M_TRIM_THRESHOLD, keep_mb * 1024 * 1024) == 1 and ok
+    if not ok:
+        log.warning("could not set glibc's malloc thresholds; its defaults stay")
+    return ok
+
+
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive once the first runtime of this process has started (modules, the app, the runtime)
+    out of the garbage collector's sight (`gc.freeze`), once per process. A full collection otherwise walks
+    those ~260,000 objects: about 140 ms during which the process answers nothing, the p99 of a loaded server.
+    Objects created later are collected as usual; frozen ones are never freed, which suits what lives as long as
+    the process."""
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()
+    gc.freeze()

@@ -15,6 +15,9 @@ POST /locate with wrk (Debian package `wrk`), one load after the other:
 - `mtloc`: ILC 2020 site1/F1 (the shared archive; sensor windows every second), a small mtloc; queries: the
   archive's windows (WiFi + sensor window each).
 - `detect`: UJIIndoorLoc buildings 0, 1 and 2 as three wknn sites; queries without `site_id`.
+- `session`: the `wknn` load's site and scans as tracking-session queries (`session_id`, `timestamp`): 64 sessions
+  per wrk run, each query to the next session in turn, timestamps 1 ms apart (the session path's cost; its
+  answers are not scored here, see bench.tracking).
 
 For each load: requests/s, latency percentiles, non-2xx, the queries the server stored during the load (every
 200 must be stored), the server's RSS (all processes), and the latency at 1 connection. Then the framework
@@ -40,13 +43,14 @@ from typing import Any
 
 import httpx
 
+from bench.core import git_commit
 from bench.imports import default_data_dir
 from bench.serve import Server
 from ml.data.ilc2020 import read_ilc_windows
 from ml.data.jsonl import fingerprint_to_json
 from ml.data.ujiindoorloc import read_ujiindoorloc
 
-LOADS = ("wknn", "dnn", "itoloc", "mtloc", "detect")
+LOADS = ("wknn", "session", "dnn", "itoloc", "mtloc", "detect")
 # Small, real trainings (a few epochs on a CPU); the serving cost depends on the network's size, not on how
 # long it was trained. dnn: the default network (256-128-128), 400 steps; itoloc: 32 strongest APs, width 8.
 TRAINING: dict[str, dict[str, Any]] = {
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     ap.add_argument("--name", default=None, help="output file stem (default locate_load_<mode>)")
     args = ap.parse_args(argv)
+    commit = git_commit()  # the code that runs, recorded before the long run
     loads = [x.strip() for x in args.loads.split(",") if x.strip()]
     if unknown := set(loads) - set(LOADS):
         print(f"unknown loads {sorted(unknown)}; choose from {', '.join(LOADS)}", file=sys.stderr)
@@ -102,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
             counted: dict[str, list[str]] = {}
             for load in loads:
                 t0 = time.perf_counter()
+                if load == "session" and "wknn" in bodies:  # the same site and scans
+                    bodies[load], counted[load] = bodies["wknn"], counted["wknn"]
+                    continue
                 bodies[load], counted[load] = _setup_load(server, load, uji, zpath, ilc, tmp)
                 print(f"{load}: sites ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
             _wait_all_serving(server, bodies)
+            key = _app_key(server)
             for load in loads:
-                results[load] = _measure(server, load, bodies[load], counted[load], args, tmp)
+                results[load] = _measure(server, key, load, bodies[load], args, tmp)
                 print(f"{load}: {results[load]['requests_per_s']} requests/s", file=sys.stderr)
         finally:
             if server is not None:
@@ -119,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for load in loads:
                     cpu0 = ceiling.tree_cpu_s()
-                    wrk = _run_wrk(ceiling, bodies[load], args.connections, args.duration, args.threads, tmp)
+                    session = load == "session"
+                    wrk = _run_wrk(
+                        ceiling, key, bodies[load], args.connections, args.duration, args.threads, tmp, session
+                    )
                     cpu = ceiling.tree_cpu_s() - cpu0
                     results[load]["ceiling"] = {k: wrk[k] for k in ("requests_per_s", "latency_ms", "non_2xx")}
                     results[load]["ceiling"]["server_cpu_ms_per_request"] = round(
@@ -135,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m bench.locate_load " + " ".join(argv if argv is not None else sys.argv[1:]),
         "mode": "full" if full else "embedded",
+        "git_commit": commit,
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs (shared by server, wrk, database "
         "and, on this host, other users)",
         "workers": args.workers,
         "connections": args.connections,
         "duration_s": args.duration,
-        "training": {k: TRAINING[k if k != "detect" else "wknn"] for k in loads},
+        "training": {k: TRAINING[k if k not in ("detect", "session") else "wknn"] for k in loads},
         "loads": results,
         "every_200_stored": all(r["every_200_stored"] for r in results.values()),
     }
@@ -169,7 +182,7 @@ def _setup_load(
     server: Server, load: str, uji: dict[str, list[dict[str, Any]]], zpath: Path, ilc: Path, tmp: Path
 ) -> tuple[list[str], list[str]]:
     """(request bodies, sites whose query counts prove storage) for one load."""
-    if load == "wknn":
+    if load in ("wknn", "session"):
         site = _site(server, "UJIIndoorLoc (load test)")
         with zipfile.ZipFile(zpath) as zf:
             _upload(server, site, "trainingData.csv", zf.read("UJIndoorLoc/trainingData.csv"), "ujiindoorloc")
@@ -256,6 +269,14 @@ def _wait_all_serving(server: Server, bodies: dict[str, list[str]]) -> None:
                 time.sleep(0.05)
 
 
+def _app_key(server: Server) -> str:
+    """An `app` key for the load, as phones use: its role's rate limit (SITELOC_RATE_LIMIT_APP_PER_S, 20,000/s by
+    default) is the one /locate traffic meets; the admin key's (1,000/s) would cap the load below the goal."""
+    r = httpx.post(f"{server.base}/keys", json={"role": "app", "name": "locate load"}, headers=server.headers)
+    r.raise_for_status()
+    return str(r.json()["key"])
+
+
 def _start_worker(env: dict[str, str], tmp: Path) -> subprocess.Popen[bytes]:
     log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
     return subprocess.Popen(
@@ -274,13 +295,14 @@ def _queries(server: Server) -> int:
 
 
 def _measure(
-    server: Server, load: str, bodies: list[str], sites: list[str], args: argparse.Namespace, tmp: Path
+    server: Server, key: str, load: str, bodies: list[str], args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
     before = _queries(server)
-    single = _run_wrk(server, bodies, 1, args.single_duration, 1, tmp)
+    sessions = load == "session"
+    single = _run_wrk(server, key, bodies, 1, args.single_duration, 1, tmp, sessions)
     load_before = os.getloadavg()[0]
     cpu0 = server.tree_cpu_s()
-    wrk = _run_wrk(server, bodies, args.connections, args.duration, args.threads, tmp)
+    wrk = _run_wrk(server, key, bodies, args.connections, args.duration, args.threads, tmp, sessions)
     cpu = server.tree_cpu_s() - cpu0
     rss = server.tree_rss_mib()
     time.sleep(1.0)
@@ -307,21 +329,37 @@ def _measure(
 
 _LUA = """
 local bodies = {%s}
-local i = 0
+local sessions = %s
+local run = tostring(os.time()) .. "-" .. tostring(math.random(1000000))
+local t0 = os.time() * 1000
+local i, n = 0, 0
 request = function()
   i = i %% #bodies + 1
+  n = n + 1
+  local body = bodies[i]
+  if sessions then  -- 64 sessions of this run in turn; each one's timestamps increase
+    body = string.sub(body, 1, -2) .. ',"session_id":"load-' .. run .. '-' .. (n %% 64) .. '","timestamp":'
+           .. string.format("%%d", t0 + n) .. '}'
+  end
   return wrk.format("POST", "/locate", {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %s"},
-                    bodies[i])
+                    body)
 end
 """
 
 
 def _run_wrk(
-    server: Server, bodies: list[str], connections: int, duration: int, threads: int, tmp: Path
+    server: Server,
+    key: str,
+    bodies: list[str],
+    connections: int,
+    duration: int,
+    threads: int,
+    tmp: Path,
+    sessions: bool = False,
 ) -> dict[str, Any]:
     script = tmp / "locate.lua"
     lua_bodies = ",\n".join("[==[" + b + "]==]" for b in bodies)
-    script.write_text(_LUA % (lua_bodies, server.admin_key))
+    script.write_text(_LUA % (lua_bodies, "true" if sessions else "false", key))
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", "--latency", "-s", str(script)]
     out = subprocess.run([*cmd, f"{server.base}/locate"], capture_output=True, text=True, check=True).stdout
     return _parse_wrk(out)

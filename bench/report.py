@@ -8,14 +8,15 @@ Every table in the document sits between a marker line and `<!-- /bench-table --
     | ... generated ... |
     <!-- /bench-table -->
 
-KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `cotrain`, `selfmaint`, `mtloc_goal`,
-`mtloc_fractions`, `mtloc_wipe`; each PATTERN is a glob under the result folders (in the order given; matches of one
-pattern sorted by name). The folders are `bench-out/` (what the benchmark commands write) and `docs/benchmarks/results/`
-(committed copies of the JSON files behind the published tables, so that a fresh clone can check and regenerate them); a
-file in `bench-out/` wins over its committed copy. The numbers are copied from the JSON files, never typed: re-run the
-command in a row, then this script, and the table follows. `--check` exits 1 when the document is not what the JSON
-files say (missing files are reported, not invented; a table for which any pattern matches no file here is left as it
-is, so that a partial set of results never drops rows)."""
+KIND is one of `accuracy`, `latency`, `detect`, `import`, `load`, `load_cpu`, `cotrain`, `selfmaint`, `mtloc_goal`,
+`mtloc_fractions`, `mtloc_wipe`, `wknn_query`; each PATTERN is a glob under the result folders (in the order
+given; matches of one pattern sorted by name). The folders are `bench-out/` (what the benchmark commands write)
+and `docs/benchmarks/results/` (committed copies of the JSON files behind the published tables, so that a fresh
+clone can check and regenerate them); a file in `bench-out/` wins over its committed copy. The numbers are copied
+from the JSON files, never typed: re-run the command in a row, then this script, and the table follows. `--check`
+exits 1 when the document is not what the JSON files say (missing files are reported, not invented; a table for
+which any pattern matches no file here is left as it is, so that a partial set of results never drops rows).
+"""
 
 from __future__ import annotations
 
@@ -288,6 +289,37 @@ def load(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def load_cpu(rows: list[dict[str, Any]]) -> list[str]:
+    """`bench.locate_load` results as per-core figures: the server CPU per stored /locate, beside the framework
+    ceiling's of the same run (docs/scaling.md)."""
+    head = [
+        "load",
+        "mode",
+        "server CPU ms / request",
+        "requests per CPU-second (one core)",
+        "framework ceiling, same run (ms / request)",
+        "load avg",
+    ]
+    out = [_row(head), _row(["---", "---", "--:", "--:", "--:", "--:"])]
+    for d in rows:
+        mode = f"{d.get('mode', '?')}, {_n(d.get('workers'))} processes"
+        for name, r in (d.get("loads") or {}).items():
+            ceil = r.get("ceiling") or {}
+            out.append(
+                _row(
+                    [
+                        name,
+                        mode,
+                        _f(r.get("server_cpu_ms_per_request")),
+                        _n(r.get("requests_per_cpu_second")),
+                        _f(ceil.get("server_cpu_ms_per_request")),
+                        _f(r.get("load_average_1m_before")),
+                    ]
+                )
+            )
+    return out
+
+
 def _cotrain_label(d: dict[str, Any]) -> str:
     tag = re.search(r"--tag (\S+)", d.get("command", ""))
     return d["name"] + (f", {tag.group(1)}" if tag else "")
@@ -468,14 +500,24 @@ def mtloc_wipe(rows: list[dict[str, Any]]) -> list[str]:
 
 def wknn_query(rows: list[dict[str, Any]]) -> list[str]:
     """`bench.wknn_query`: CPU ms per query, inverted index against the dense reference, per batch size."""
-    head = ["batch", "inverted index (CPU ms / query)", "dense reference", "speed-up", "same floors", "command"]
-    out = [_row(head), _row(["--:", "--:", "--:", "--:", "---", "---"])]
+    head = [
+        "batch",
+        "inverted index (CPU ms / query)",
+        "dense reference",
+        "speed-up",
+        "same floors",
+        "freed memory kept (MiB)",
+        "command",
+    ]
+    out = [_row(head), _row(["--:", "--:", "--:", "--:", "---", "--:", "---"])]
     for d in rows:
+        keep = d.get("malloc_keep_mb")
+        kept = _n(keep) if keep else ("glibc defaults" if "malloc_keep_mb" in d else "–")
         for name, r in (d.get("cpu_ms_per_query") or {}).items():
             new, old = r.get("inverted_index"), r.get("dense")
             speed = old / new if new and old else None
             same = "yes" if d.get("same_floors") else "no"
-            out.append(_row([name.removeprefix("batch_"), _f(new, 3), _f(old, 3), _f(speed, 1), same, _cmd(d)]))
+            out.append(_row([name.removeprefix("batch_"), _f(new, 3), _f(old, 3), _f(speed, 1), same, kept, _cmd(d)]))
     return out
 
 
@@ -504,6 +546,7 @@ KINDS: dict[str, Callable[[list[dict[str, Any]]], list[str]]] = {
     "detect": detect,
     "import": imports,
     "load": load,
+    "load_cpu": load_cpu,
     "wknn_query": wknn_query,
 }
 

@@ -5,7 +5,9 @@
 Indexes all 19,937 UJIIndoorLoc trainingData scans (wknn's default representation and distance, no tuning: the
 query cost does not depend on the tuned k's) and answers the 1,111 validationData scans in batches of 1, 10 and
 32. Reports CPU milliseconds per query (`time.thread_time`, so the figure does not depend on what else runs on
-the host) for both paths, and checks that they answer alike.
+the host) for both paths, and checks that they answer alike. Memory is handled as in an API process
+(`app.runtime.tune_malloc` with `--malloc-keep-mb`, default as `SITELOC_MALLOC_KEEP_MB`; 0 = glibc's defaults,
+under which every batch's scratch arrays are faulted in afresh).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from app.config import Settings
+from app.runtime import tune_malloc
+from bench.core import git_commit
 from bench.imports import default_data_dir
 from ml.data.features import build_set
 from ml.data.ujiindoorloc import load_uji
@@ -76,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=default_data_dir())
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--malloc-keep-mb", type=int, default=Settings.model_fields["malloc_keep_mb"].default)
+    ap.add_argument("--name", default="wknn_query", help="output file stem")
     args = ap.parse_args(argv)
+    tuned = tune_malloc(args.malloc_keep_mb)
     train = build_set(load_uji(args.data_dir, "train"))
     val = build_set(load_uji(args.data_dir, "validation"), train.aps)
     model = WKNN.fit(train, {"tune": False, "calibrate": False})
@@ -85,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     new, old = model.predict(batch), reference.predict(batch)
     result: dict[str, Any] = {
         "command": "python -m bench.wknn_query " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "git_commit": git_commit(),
+        "malloc_keep_mb": args.malloc_keep_mb if tuned else None,
         "fingerprints": model.matcher.index.n,
         "queries": len(val),
         "same_floors": bool(list(new.floor) == list(old.floor)),
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "wknn_query.json"
+    out = args.out / f"{args.name}.json"
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     return 0

@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from app.db import Database
 from app.migrate import upgrade
 from app.models import Query, Site
+from app.runtime import freeze_startup_objects, tune_malloc
 from app.services.ids import time_ordered_id
 from app.services.inference import BatchExecutor
 from app.services.notify import LocalNotifier
@@ -258,6 +259,42 @@ def test_a_bad_row_fails_only_its_own_request(db: Database) -> None:
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Query)) == 7
         assert s.get(Site, "s1").n_queries == 7  # type: ignore[union-attr]
+
+
+def test_one_group_stores_session_and_plain_rows_and_counts_each_site(db: Database) -> None:
+    """Rows of one commit may differ in their optional columns (a session query names its session)."""
+    with db.session() as s:
+        s.add_all([Site(id="a", name="a"), Site(id="b", name="b")])
+    writer = QueryWriter(db, max_wait_ms=300)
+    writer.start()
+    futures = [writer.submit([_row("a", 1)]), writer.submit([{**_row("b", 2), "session_id": "walk-1"}])]
+    futures.append(writer.submit([_row("b", 3), _row("a", 4)]))
+    for f in futures:
+        f.result(timeout=30)
+    writer.stop()
+    assert writer.commits == 1
+    with db.session() as s:
+        sessions = {x: sid for x, sid in s.execute(select(Query.x, Query.session_id))}
+        assert sessions == {1.0: None, 2.0: "walk-1", 3.0: None, 4.0: None}
+        assert s.scalar(select(func.count()).where(Query.created_at.is_not(None))) == 4
+        assert s.get(Site, "a").n_queries == 2 and s.get(Site, "b").n_queries == 2  # type: ignore[union-attr]
+
+
+def test_startup_objects_are_frozen_once_per_process() -> None:
+    import gc
+
+    freeze_startup_objects()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    freeze_startup_objects()  # a second runtime in the same process (tests) freezes nothing more
+    assert gc.get_freeze_count() == frozen
+
+
+def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off() -> None:
+    import platform
+
+    assert tune_malloc(0) is False
+    assert tune_malloc(128) is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
 
 
 # ---------------------------------------------------------------- retention
