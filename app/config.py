@@ -104,10 +104,10 @@ class Settings(BaseSettings):
     cotrain_max_queries: int = Field(default=20_000, ge=1)  # newest unused queries one update may use
     # A candidate is promoted only if its holdout mean error is at most (1 + tolerance) x the active one's.
     cotrain_tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
-    # ...and only if its answers to the held-out recent walks fall at most (1 + this) x as far from those walks' tracks
-    # (made with the active model's answers, so the score favours the active model: updates that helped the later
-    # ILC walks scored up to +17% on it, the harmful ones +40% to +650%; docs/benchmarks/cotrain.md).
-    cotrain_traffic_tolerance: float = Field(default=0.2, ge=0.0, le=10.0)
+    # ...and only if its answers to the held-out recent walks' scans that look like the survey's fall at most (1 + this)
+    # x as far from those walks' tracks (made with the active model's answers, so the score favours the active
+    # model; docs/benchmarks/cotrain.md).
+    cotrain_traffic_tolerance: float = Field(default=0.1, ge=0.0, le=10.0)
     # The per-site update lock expires this long after its last renewal (a crashed worker frees it).
     cotrain_lock_seconds: float = Field(default=900.0, ge=10)
 

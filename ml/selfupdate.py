@@ -334,7 +334,7 @@ def traffic_guard(
     model's beyond the tolerance (mean distance at most (1 + tolerance) x, floor agreement down by at most
     `floor_tolerance`)."""
     if before is None or after is None or before.get("mean_m") is None or after.get("mean_m") is None:
-        return True, "no recent walks held out to judge on"
+        return True, "no held-out recent walk scan like the survey's to judge on"
     if after["mean_m"] > before["mean_m"] * (1 + tolerance):
         return False, (
             f"rejected: on recent traffic ({before['walks']} held-out walks) the answers fall {after['mean_m']:.2f} m "
@@ -463,6 +463,7 @@ def learn(
     seed: int = 0,
     progress: ProgressFn = no_progress,
     device: str = "cpu",
+    coverage: Coverage | None = None,
 ) -> Candidate | None:
     """Steps 1 and 3-5 of the module docstring for the walks to learn from (the guard's are held out by the
     caller): `cfg.rounds` rounds of track -> pseudo-labels -> candidate, each round tracking the walks with the
@@ -473,7 +474,8 @@ def learn(
     if cfg.single_query_labels == "auto" and model.supports_cotrain:
         unlabeled = [q for q in singles if q.wifi]
     per_round = []
-    coverage = Coverage.fit(survey, holdout, cfg)
+    if coverage is None:
+        coverage = Coverage.fit(survey, holdout, cfg)
     for r in range(cfg.rounds):
         span = _span(progress, r / cfg.rounds, (r + 1) / cfg.rounds)
         span(0.0, f"round {r + 1}: tracking {len(walks)} walks")

@@ -34,7 +34,7 @@ from ml.data.features import build_set
 from ml.errors import InvalidParams
 from ml.finetune import evaluate
 from ml.models import MODEL_NAMES, get_model_class
-from ml.selfupdate import UpdateConfig, Walk, learn, split_walks, track, traffic_guard, traffic_score
+from ml.selfupdate import Coverage, UpdateConfig, Walk, learn, split_walks, track, traffic_guard, traffic_score
 from ml.serialize import dumps, loads
 from ml.types import Fingerprint
 
@@ -234,6 +234,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
         "session_minutes": round(sum(w.minutes for w in learn_walks), 2),
         "n_single_queries": len(pool.singles),
     }
+    coverage = Coverage.fit(survey, hold_idx, cfg)  # which scans look like the survey's
     cand = learn(
         model,
         learn_walks,
@@ -246,6 +247,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
         seed=seed,
         progress=progress.span(0.1, 0.85),
         device=ctx.device,
+        coverage=coverage,
     )
     if cand is None:
         return _nothing_to_learn(ctx, job, used_ids, counts, cfg)
@@ -254,11 +256,13 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
     progress(0.9, "judging the update on the survey holdout and on recent walks")
     before = active_metrics if saw_holdout else evaluate(model, holdout)
     after = evaluate(cand.scored, holdout)
-    traffic_before = traffic_score(model, tracked_guard)
+    # scored on the held-out walks' scans that look like the survey's, where their tracks rest on good fixes
+    traffic_before = traffic_score(model, tracked_guard, coverage)
     if cfg.guard_reference == "own":
-        traffic_after = traffic_score(cand.served, track(cand.served, guard_walks, plans, cfg, cross=True))
+        own = track(cand.served, guard_walks, plans, cfg, cross=True)
+        traffic_after = traffic_score(cand.served, own, coverage)
     else:
-        traffic_after = traffic_score(cand.served, tracked_guard)
+        traffic_after = traffic_score(cand.served, tracked_guard, coverage)
     promote, reason = _judge(
         before,
         after,
