@@ -112,8 +112,9 @@ def survey_rows(traces: list[IlcTrace]) -> list[dict[str, Any]]:
     ]
 
 
-def session_queries(tr: IlcTrace, site_id: str, *, session: bool) -> list[dict[str, Any]]:
-    """One query per second over the path (as the tracking benchmark): sensors + the newest new scan.
+def session_queries(tr: IlcTrace, site_id: str, *, session: bool, prefix: str = "") -> list[dict[str, Any]]:
+    """One query per second over the path (as the tracking benchmark): sensors + the newest new scan; the session id
+    is `prefix` + the path id (the update's filter is seeded from it, so a run is repeatable).
     `session=False`: only the seconds with a new scan, as single queries (no session, no sensors)."""
     lo, hi = tr.span
     out: list[dict[str, Any]] = []
@@ -127,7 +128,7 @@ def session_queries(tr: IlcTrace, site_id: str, *, session: bool) -> list[dict[s
             sensors = window(tr, t)
             if not new and (sensors is None or not out):
                 continue  # nothing to send, or motion before the session's first scan
-            q.update(session_id=f"{site_id[:8]}-{tr.trace_id}", timestamp=int(t))
+            q.update(session_id=f"{prefix}{tr.trace_id}", timestamp=int(t))
             if sensors is not None:
                 q["sensors"] = {
                     "rate_hz": RATE_HZ,
@@ -189,13 +190,15 @@ def new_site(
     return site, int(job.model_version or 0)
 
 
-def replay(client: Client, site: str, traces: list[IlcTrace], *, session: bool, chunk: int = 200) -> dict[str, int]:
+def replay(
+    client: Client, site: str, traces: list[IlcTrace], *, session: bool, prefix: str = "", chunk: int = 200
+) -> dict[str, int]:
     """Send the queries; a batch refused with a 422 (a scan that hears none of the site's APs refuses the whole
     batch: nothing is stored) is sent again one by one, and a refused query goes again without its scan when it has
     a sensor window (what a phone does), else it is dropped. Returns counts."""
     n = {"sent": 0, "scan_dropped": 0, "dropped": 0}
     for tr in traces:
-        qs = session_queries(tr, site, session=session)
+        qs = session_queries(tr, site, session=session, prefix=prefix)
         for i in range(0, len(qs), chunk):
             part = qs[i : i + chunk]
             try:
@@ -303,7 +306,7 @@ def run_floor(client: Client, data_dir: Path, site: str, floor: str, args: argpa
             res[variant] = control(args.model, survey, fps, args.seed, later if variant == "oracle" else None)
         else:
             sid, base = new_site(client, f"{site}-{floor}-{variant}", rows, plan, floor, args.model)
-            n = replay(client, sid, later, session=variant != "single")
+            n = replay(client, sid, later, session=variant != "single", prefix=f"{floor}-{variant}-")
             params = {
                 "sessions": {},
                 "single": {"single_query_labels": "self"},

@@ -67,7 +67,7 @@ class UpdateConfig:
     churn_min_expected: float = 20.0  # ...often enough to expect this many hearings, and heard it nowhere
     rounds: int = 1  # label -> retrain rounds (round r tracks the walks with round r-1's model; 2+ measured no better)
     label_noise_m: float = 0.0  # deliberately harmful (shows the guard at work): noise on the pseudo-labels
-    particles: int = 400
+    particles: int = 1500  # offline: more than a live session's 400 (ILC site1 F2-F4: steadier labels across seeds)
     # labels only within this of an in-coverage scan of the walk (0 = off, the default: on ILC site1 F4 the gate
     # dropped walks labelled 110 m off and the later walks got worse, +3.7% instead of -10.7%; see cotrain.md)
     anchor_s: float = 0.0
