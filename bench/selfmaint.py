@@ -38,7 +38,6 @@ import argparse
 import json
 import shlex
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -50,10 +49,9 @@ from app.client import Client
 from app.client import Invalid as ClientInvalid
 from bench.core import default_data_dir, git_commit, machine
 from bench.serve import Server
-from bench.tracking import RATE_HZ, STEP_MS, window
+from bench.tracking import RATE_HZ, STEP_MS, read_floor, window
 from ml.data.features import build_set
-from ml.data.floorplans import ilc_plan_collection
-from ml.data.ilc2020 import IlcTrace, parse_ilc_trace, trace_fingerprints
+from ml.data.ilc2020 import IlcTrace, trace_fingerprints
 from ml.finetune import finetune, fit_model
 from ml.models import get_model_class
 from ml.models.base import QueryBatch
@@ -61,21 +59,6 @@ from ml.selfupdate import build_candidate
 from ml.types import Fingerprint, WifiReading
 
 VARIANTS = ("sessions", "single", "harmful", "control", "oracle")
-
-
-def read_floor(path: Path, floor: str) -> tuple[list[IlcTrace], dict[str, Any]]:
-    traces: list[IlcTrace] = []
-    maps: dict[str, bytes] = {}
-    with tarfile.open(path, "r:*") as tar:
-        for m in tar:
-            f = tar.extractfile(m) if m.isfile() else None
-            if f is None:
-                continue
-            if m.name.endswith(".txt"):
-                traces.append(parse_ilc_trace(f.read().decode(), m.name, sensors=True, rotation=True, floor_hint=floor))
-            elif m.name.endswith(("geojson_map.json", "floor_info.json")):
-                maps[m.name.rsplit("/", 1)[-1]] = f.read()
-    return traces, ilc_plan_collection(maps["geojson_map.json"], maps["floor_info.json"], str(path))
 
 
 def time_thirds(traces: list[IlcTrace]) -> tuple[list[IlcTrace], list[IlcTrace], list[IlcTrace]]:

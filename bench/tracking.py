@@ -59,21 +59,25 @@ class Floor:
     train_fps: list[Any] = field(default_factory=list)
 
 
-def load_floor(path: Path, site: str, floor: str, seed: int, test_fraction: float) -> Floor:
+def read_floor(path: Path, floor: str) -> tuple[list[IlcTrace], dict[str, Any]]:
+    """An ILC floor archive: its traces (with sensors and rotation vector) and its walkable area (GeoJSON, metres)."""
     traces: list[IlcTrace] = []
     maps: dict[str, bytes] = {}
     with tarfile.open(path, "r:*") as tar:
         for m in tar:
-            if not m.isfile():
-                continue
-            f = tar.extractfile(m)
+            f = tar.extractfile(m) if m.isfile() else None
             if f is None:
                 continue
             if m.name.endswith(".txt"):
                 traces.append(parse_ilc_trace(f.read().decode(), m.name, sensors=True, rotation=True, floor_hint=floor))
             elif m.name.endswith(("geojson_map.json", "floor_info.json")):
                 maps[m.name.rsplit("/", 1)[-1]] = f.read()
-    plan = Walkable.from_collection(ilc_plan_collection(maps["geojson_map.json"], maps["floor_info.json"], str(path)))
+    return traces, ilc_plan_collection(maps["geojson_map.json"], maps["floor_info.json"], str(path))
+
+
+def load_floor(path: Path, site: str, floor: str, seed: int, test_fraction: float) -> Floor:
+    traces, collection = read_floor(path, floor)
+    plan = Walkable.from_collection(collection)
     fl = Floor(site, floor, traces, plan)
     fps = [fp for tr in traces for fp in trace_fingerprints(tr)]
     # the same split as `siteloc bench ilc` (bench.core.path_split): whole paths, seeded

@@ -1,6 +1,6 @@
 """Self-maintenance updates: a site's model learns from the walks of the phones that use it.
 
-One update (the service's co-training job, `app/services/cotrain.py`, calls `plan` and `update`):
+One update (the service's job, `app/services/cotrain.py`, calls `split_walks`, `track`, `learn` and `traffic_score`):
 
 1. **Walks.** The stored queries of each tracking session, in time order, are replayed through the same particle
    filter as `/locate` with the active model's answers, then smoothed over the whole walk (`ml.tracking.replay`).
@@ -11,16 +11,17 @@ One update (the service's co-training job, `app/services/cotrain.py`, calls `pla
    nothing and the walks teach the most.
 2. **Guard walks.** The newest `guard_fraction` of the walks (at least one when there are two or more) are held out:
    the update never sees them; they judge it (`traffic_score`): how far a model's single-query answers to their
-   scans fall from their smoothed tracks. No labels are needed, and it sees the present (new phones, moved APs),
-   which the survey holdout cannot.
+   scans fall from their smoothed tracks (made with the active model's answers, each point without its own fix),
+   counted on the scans that look like the survey's, where those tracks rest on good fixes. No labels are needed,
+   and it sees the present (new phones, moved APs), which the survey holdout cannot.
 3. **Pseudo-labels.** The other walks' WiFi queries whose track uncertainty is at most `max_label_error_m` (12 m) become
    labelled fingerprints (the smoothed position, the floor of the track). Single queries outside sessions add
    pseudo-labels only where the model has a test for them: iToLoc's co-training (agreement, confidence, dropout
    stability); with `single_query_labels: "self"` any model uses its own answers whose error estimate is at most
    `self_label_max_error_m` (a weak baseline, kept for comparison).
-4. **AP churn.** An access point heard in at least `churn_min_share` of the survey's scans of a floor but in none
-   of the recent queries answered on that floor (at least `churn_min_queries` of them), nor anywhere else in the
-   recent traffic, has vanished: its readings are dropped from the survey rows the update trains on.
+4. **AP churn.** An access point that the survey heard where the walks' pseudo-labels put recent queries (within
+   `churn_radius_m`, often enough to expect `churn_min_expected` hearings), and that no recent query heard at all,
+   has vanished: its readings are dropped from the survey rows the update trains on (`vanished_aps`).
 5. **Candidate.** The survey (never replaced) plus the pseudo-labels, retrained with the active model's own
    settings: `wknn` builds a new radio map, `dnn`/`cnnloc`/`mtloc` retrain their recipe (scratch) on both, and
    `itoloc` co-trains with the pseudo-labelled rows beside its survey rows. As in a finetune, the candidate is
@@ -68,15 +69,15 @@ class UpdateConfig:
     rounds: int = 1  # label -> retrain rounds (round r tracks the walks with round r-1's model; 2+ measured no better)
     label_noise_m: float = 0.0  # deliberately harmful (shows the guard at work): noise on the pseudo-labels
     particles: int = 1500  # offline: more than a live session's 400 (ILC site1 F2-F4: steadier labels across seeds)
-    # labels only within this of an in-coverage scan of the walk (0 = off, the default: on ILC site1 F4 the gate
-    # dropped walks labelled 110 m off and the later walks got worse, +3.7% instead of -10.7%; see cotrain.md)
+    # labels only within this of an in-coverage scan of the walk (0 = off, the default: on ILC site1 F4 the walks it
+    # drops, though labelled far off, still made the later walks better in an in-process sweep)
     anchor_s: float = 0.0
     coverage_quantile: float = 0.9  # "in coverage": as close to the survey as this quantile of its holdout scans
     outside_sigma_m: float = 40.0  # fixes of scans outside coverage count with at least this error (0 = off)
     # The held-out walks' tracks the guard compares answers with: the active model's for both ("active": favours the
     # active model, hence the service's separate SITELOC_COTRAIN_TRAFFIC_TOLERANCE) or each model's own ("own": its
     # answers against a track made from its other answers and the phone's motion; on ILC site1 F3 it promoted a
-    # noisy-label update that made the later walks 7.9% worse).
+    # noisy-label update that made the later walks worse).
     guard_reference: str = "active"
     smoother: str = "blend"  # the whole-walk smoother behind the pseudo-labels: blend | rts | lsq (ml.tracking.smooth)
 
@@ -128,7 +129,7 @@ class Walk:
 
 @dataclass
 class Tracked:
-    """A walk's WiFi queries with the model's single-query answers and the smoothed track at each."""
+    """A walk's WiFi queries (their rows) and the smoothed track at each."""
 
     walk: Walk
     rows: list[int]  # indices into walk.queries of the queries that carry WiFi
