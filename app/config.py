@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     # ...and only if its answers to the held-out recent walks' scans that look like the survey's fall at most (1 + this)
     # x as far from those walks' tracks (made with the active model's answers, so the score favours the active
     # model; docs/benchmarks/cotrain.md).
-    cotrain_traffic_tolerance: float = Field(default=0.1, ge=0.0, le=10.0)
+    cotrain_traffic_tolerance: float = Field(default=0.15, ge=0.0, le=10.0)
     # The per-site update lock expires this long after its last renewal (a crashed worker frees it).
     cotrain_lock_seconds: float = Field(default=900.0, ge=10)
 
