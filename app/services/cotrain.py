@@ -24,6 +24,7 @@ from app.config import Settings
 from app.db import Database
 from app.errors import Conflict, Invalid, JobFailed, NotAvailable
 from app.models import Job, ModelVersion, Query, Site
+from app.schemas.common import MAX_WINDOW_S
 from app.services.codec import unpack_sensors, wifi_from_db
 from app.services.jobs import JobContext, ProgressReporter, create_job, finish_job
 from app.services.plans import site_walkables
@@ -39,6 +40,8 @@ from ml.serialize import dumps, loads
 from ml.types import Fingerprint
 
 log = logging.getLogger(__name__)
+
+MAX_WINDOW_MS = MAX_WINDOW_S * 1000  # the longest sensor window a query may carry
 
 
 def _active_version(s: Session, site_id: str) -> ModelVersion | None:
@@ -60,14 +63,15 @@ def _pending_job(s: Session, site_id: str) -> str | None:
 
 
 def unused_session_minutes(s: Session, *, site_id: str) -> float:
-    """Minutes of walking in the site's tracking sessions stored since the last update (per session: last minus
-    first timestamp of its unused queries)."""
+    """Minutes of walking in the site's tracking sessions stored since the last update: per session, last minus
+    first timestamp of its unused queries, but at most 10 s per query (a query's sensor window covers at most 10 s),
+    so a session id reused days apart does not count the days between."""
     rows = s.execute(
-        select(func.min(Query.client_timestamp), func.max(Query.client_timestamp))
+        select(func.min(Query.client_timestamp), func.max(Query.client_timestamp), func.count())
         .where(Query.site_id == site_id, Query.used_by_job.is_(None), Query.session_id.is_not(None))
         .group_by(Query.session_id)
     ).all()
-    return sum(max(0, (hi or 0) - (lo or 0)) for lo, hi in rows) / 60000.0
+    return sum(min(max(0, (hi or 0) - (lo or 0)), n * MAX_WINDOW_MS) for lo, hi, n in rows) / 60000.0
 
 
 def _unused_session_queries(s: Session, site_id: str) -> int:

@@ -138,3 +138,18 @@ def test_an_update_with_nothing_to_learn_says_so_and_uses_up_its_queries(api: Ap
     assert [v["version"] for v in api.get(f"/sites/{site}/models", headers=ADMIN).json()] == [1]
     r = api.post(f"/sites/{site}/cotrain", headers=ADMIN)
     assert r.status_code == 409  # those queries were looked at: the scheduler does not retry them forever
+
+
+def test_a_session_id_reused_days_apart_counts_its_queries_not_the_days(api: Api, world: sw.World) -> None:
+    site = _site(api, "reused session id", world)
+    t0 = 1_700_000_000_000
+    for day in range(2):  # the same session id, a 10-query walk each day
+        walk = sw.walk(world, 10.0, 10.0, 10, t0 + day * 86_400_000)
+        r = api.post("/locate/batch", json={"queries": _walk_queries(site, walk, "daily")}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+    db = Database(api.backend.database_url)
+    try:
+        with db.session() as s:
+            assert unused_session_minutes(s, site_id=site) <= 20 * 10 / 60  # not a day
+    finally:
+        db.dispose()
