@@ -3,6 +3,7 @@ harmful update; the scheduler starts an update once enough session minutes have 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,18 @@ def _replay(api: Api, site: str, walks: list[list[sw.WalkSample]], tag: str) -> 
         assert r.status_code == 200, r.text
 
 
+def _wait_serving(api: Api, site: str, version: int, fp: Any, timeout: float = 30.0) -> None:
+    """A promotion by a job reaches this process's model cache through the notifier (a poll in embedded mode):
+    ask until the answers come from `version`."""
+    q = {"site_id": site, "wifi": [{"bssid": r.bssid, "rssi": r.rssi} for r in fp.wifi]}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if api.post("/locate", json=q, headers=ADMIN).json()["model"]["version"] == version:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"site {site} still not answering with version {version} after {timeout} s")
+
+
 def _east_error(api: Api, site: str, east: list[Any]) -> float:
     queries = [{"site_id": site, "wifi": [{"bssid": r.bssid, "rssi": r.rssi} for r in fp.wifi]} for fp in east]
     r = api.post("/locate/batch", json={"queries": queries}, headers=ADMIN)
@@ -82,9 +95,11 @@ def test_a_wknn_site_learns_from_its_sessions(api: Api, world: sw.World) -> None
     )
     assert t["traffic_before"] == res["traffic_before"] and t["holdout_before"]["n"] > 0
     # the served map is better in the sparsely surveyed half than the version it replaced
+    _wait_serving(api, site, job["model_version"], east[0])
     after = _east_error(api, site, east)
     r = api.post(f"/sites/{site}/models/1/activate", headers=ADMIN)
     assert r.status_code == 200
+    _wait_serving(api, site, 1, east[0])
     before = _east_error(api, site, east)
     assert after < 0.9 * before, (before, after)
     # the learned walks were used once; the 4 guard walks stay for the next update
