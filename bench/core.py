@@ -505,6 +505,32 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def ilc_run_start(
+    module: str, argv: Sequence[str], data_arg: Path | None, protocol: str | None
+) -> tuple[Path | None, dict[str, Any]]:
+    """For the ILC session benchmarks (`bench.tracking`, `bench.selfmaint`): the data folder (None, with the error
+    printed, when it has no ilc2020/) and the start of the result record (what ran, where, by which protocol)."""
+    data_dir = data_arg or default_data_dir()
+    if data_dir is None or not (data_dir / "ilc2020").is_dir():
+        print(f"python -m {module}: error: no ILC data (pass --data-dir)", file=sys.stderr)
+        return None, {}
+    record = {
+        "benchmark": module.rsplit(".", 1)[-1],
+        "command": shlex.join(["python", "-m", module, *argv]),
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "protocol": protocol,
+    }
+    return data_dir, record
+
+
+def ilc_floor_names(data_dir: Path, site: str, chosen: str = "") -> list[str]:
+    """`chosen` ("F1,F2") or every floor archive of an ILC site."""
+    if chosen:
+        return chosen.split(",")
+    return sorted(p.name.split(".")[0] for p in (data_dir / "ilc2020" / site).glob("*.tar.xz"))
+
+
 def resolve_data_dir(arg: Path | None) -> Path:
     data_dir = arg if arg is not None else default_data_dir()
     if data_dir is None or not data_dir.is_dir():

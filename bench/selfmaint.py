@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ import numpy as np
 
 from app.client import Client
 from app.client import Invalid as ClientInvalid
-from bench.core import default_data_dir, git_commit, machine
+from bench.core import ilc_floor_names, ilc_run_start
 from bench.serve import Server
 from bench.tracking import RATE_HZ, STEP_MS, read_floor, window
 from ml.data.features import build_set
@@ -329,6 +328,29 @@ def pooled(floors: dict[str, Any], variant: str, key: str) -> dict[str, Any] | N
     return {"n": len(a), "mean_m": round(float(a.mean()), 3)}
 
 
+POOLED = (
+    ("sessions", "before"),
+    ("sessions", "after"),
+    ("sessions", "served"),
+    ("control", "after"),
+    ("single", "after"),
+    ("harmful", "after"),
+    ("oracle", "after"),
+)
+
+
+def site_pooled(floors: dict[str, Any]) -> dict[str, Any]:
+    """Every variant's before/after pooled over a site's floors, with the change against that variant's before."""
+    pool: dict[str, Any] = {}
+    for variant, key in POOLED:
+        x = pooled(floors, variant, key)
+        ref = pooled(floors, variant, "before")
+        if x and ref and key != "before":
+            x["change"] = f"{(x['mean_m'] / ref['mean_m'] - 1) * 100:+.1f}%"
+        pool[f"{variant}_{key}"] = x
+    return pool
+
+
 def strip(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: strip(v) for k, v in obj.items() if k != "_err"}
@@ -409,46 +431,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.render is not None:
         print(render(json.loads(args.render.read_text())), end="")
         return 0
-    data_dir = args.data_dir or default_data_dir()
-    if data_dir is None or not (data_dir / "ilc2020").is_dir():
-        print("python -m bench.selfmaint: error: no ILC data (pass --data-dir)", file=sys.stderr)
+    data_dir, result = ilc_run_start("bench.selfmaint", argv, args.data_dir, __doc__)
+    if data_dir is None:
         return 2
     t0 = time.perf_counter()
-    result: dict[str, Any] = {
-        "benchmark": "selfmaint",
-        "command": shlex.join(["python", "-m", "bench.selfmaint", *argv]),
-        "git_commit": git_commit(),
-        "machine": machine(),
-        "protocol": __doc__,
-        "model": args.model,
-        "sites": {},
-    }
+    result.update(model=args.model, sites={})
     server = Server(workers=1)
     try:
         with Client(server.base, server.admin_key, timeout=600) as client:
             for site in args.sites.split(","):
-                floors = (
-                    args.floors.split(",")
-                    if args.floors
-                    else sorted(p.name.split(".")[0] for p in (data_dir / "ilc2020" / site).glob("*.tar.xz"))
-                )
-                fl = {f: run_floor(client, data_dir, site, f, args) for f in floors}
-                pool: dict[str, Any] = {}
-                base = pooled(fl, "sessions", "before")
-                pool["sessions_before"] = base
-                for variant, key in (
-                    ("sessions", "after"),
-                    ("sessions", "served"),
-                    ("control", "after"),
-                    ("single", "after"),
-                    ("harmful", "after"),
-                    ("oracle", "after"),
-                ):
-                    x = pooled(fl, variant, key)
-                    ref = pooled(fl, variant, "before")
-                    if x and ref:
-                        x["change"] = f"{(x['mean_m'] / ref['mean_m'] - 1) * 100:+.1f}%"
-                    pool[f"{variant}_{key}"] = x
+                fl = {
+                    f: run_floor(client, data_dir, site, f, args) for f in ilc_floor_names(data_dir, site, args.floors)
+                }
+                pool = site_pooled(fl)
                 result["sites"][site] = {"floors": fl, "pooled": pool}
                 print(f"{site} pooled: {json.dumps(pool)}", file=sys.stderr, flush=True)
     finally:

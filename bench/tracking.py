@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import sys
 import tarfile
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from app.services.sessions import MemoryStore, Tracker, fix_from_answer
-from bench.core import default_data_dir, git_commit, machine, train_model
+from bench.core import ilc_floor_names, ilc_run_start, train_model
 from ml.data.features import build_set, scan_row
 from ml.data.floorplans import ilc_plan_collection
 from ml.data.ilc2020 import IlcTrace, parse_ilc_trace, trace_fingerprints
@@ -388,27 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.render is not None:
         print(render(json.loads(args.render.read_text())), end="")
         return 0
-    data_dir = args.data_dir or default_data_dir()
-    if data_dir is None or not (data_dir / "ilc2020").is_dir():
-        print("python -m bench.tracking: error: no ILC data (pass --data-dir)", file=sys.stderr)
+    data_dir, result = ilc_run_start("bench.tracking", argv, args.data_dir, __doc__)
+    if data_dir is None:
         return 2
     t0 = time.perf_counter()
-    result: dict[str, Any] = {
-        "benchmark": "tracking",
-        "command": shlex.join(["python", "-m", "bench.tracking", *argv]),
-        "git_commit": git_commit(),
-        "machine": machine(),
-        "protocol": __doc__,
-        "filter": json.loads(json.dumps(FilterConfig(particles=args.particles), default=lambda o: o.__dict__)),
-        "sites": {},
-    }
+    result.update(
+        filter=json.loads(json.dumps(FilterConfig(particles=args.particles), default=lambda o: o.__dict__)), sites={}
+    )
     for site in args.sites.split(","):
-        floors = (
-            args.floors.split(",")
-            if args.floors
-            else sorted(p.name.split(".")[0] for p in (data_dir / "ilc2020" / site).glob("*.tar.xz"))
-        )
-        result["sites"][site] = run_site(data_dir, site, floors, args)
+        result["sites"][site] = run_site(data_dir, site, ilc_floor_names(data_dir, site, args.floors), args)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -134,6 +134,7 @@ class Tracked:
     walk: Walk
     rows: list[int]  # indices into walk.queries of the queries that carry WiFi
     track: list[Estimate | None]  # smoothed estimate per row (None: before the first fix)
+    answers: list[tuple[str, str | None]] = field(default_factory=list)  # the model's (floor, building) per row
 
 
 def split_walks(walks: Sequence[Walk], cfg: UpdateConfig) -> tuple[list[Walk], list[Walk]]:
@@ -198,18 +199,18 @@ def track(
             for i in rows:
                 if half is None or parity[i] == half:
                     result[i] = smoothed[i]
-        out.append(Tracked(w, rows, [result[i] for i in rows]))
+        answers = [(str(f), None if b is None else str(b)) for f, b in zip(pred.floor, pred.building, strict=True)]
+        out.append(Tracked(w, rows, [result[i] for i in rows], answers))
     return out
 
 
-def _building_of_floor(model: LocModel, tracked: Sequence[Tracked]) -> dict[str, str | None]:
+def _building_of_floor(tracked: Sequence[Tracked]) -> dict[str, str | None]:
     """Floor label -> building, from the model's own answers (ILC sites have none; UJI floors repeat per
     building, so the most frequent building answered with that floor)."""
     votes: dict[str, Counter[str | None]] = defaultdict(Counter)
     for t in tracked:
-        pred = _answers(model, [t.walk.queries[i] for i in t.rows])
-        for f, b in zip(pred.floor, pred.building, strict=True):
-            votes[str(f)][None if b is None else str(b)] += 1
+        for f, b in t.answers:
+            votes[f][b] += 1
     return {f: c.most_common(1)[0][0] for f, c in votes.items()}
 
 
@@ -255,11 +256,11 @@ def _anchored(t: Tracked, coverage: Coverage | None, anchor_s: float) -> np.ndar
 
 
 def pseudo_labels(
-    model: LocModel, tracked: Sequence[Tracked], cfg: UpdateConfig, seed: int = 0, coverage: Coverage | None = None
+    tracked: Sequence[Tracked], cfg: UpdateConfig, seed: int = 0, coverage: Coverage | None = None
 ) -> list[Fingerprint]:
     """Labelled fingerprints from the smoothed tracks: uncertainty at most `max_label_error_m`, and anchored (see
     `Coverage`) when a coverage test is given."""
-    building = _building_of_floor(model, tracked)
+    building = _building_of_floor(tracked)
     rng = np.random.default_rng(seed)
     fps = []
     for t in tracked:
@@ -481,7 +482,7 @@ def learn(
         span = _span(progress, r / cfg.rounds, (r + 1) / cfg.rounds)
         span(0.0, f"round {r + 1}: tracking {len(walks)} walks")
         tracked = track(labeler, walks, plans, cfg, coverage=coverage)
-        pseudo = pseudo_labels(labeler, tracked, cfg, seed, coverage if cfg.anchor_s > 0 else None)
+        pseudo = pseudo_labels(tracked, cfg, seed, coverage if cfg.anchor_s > 0 else None)
         if cfg.single_query_labels == "self":
             pseudo += self_labels(labeler, singles, cfg)
         vanished = vanished_aps(build_set(survey), pseudo, cfg)

@@ -85,8 +85,9 @@ def _unused_session_queries(s: Session, site_id: str) -> int:
     )
 
 
-def check_update_params(model: str, params: dict[str, Any]) -> UpdateConfig:
-    """The update's own settings, and the model's co-training ones (itoloc) checked, before any job exists."""
+def check_update_params(model: str, params: dict[str, Any]) -> tuple[UpdateConfig, dict[str, Any]]:
+    """(the update's own settings, the model's co-training ones (itoloc)), both checked: before any job exists,
+    and again when it runs (the active model may have changed)."""
     try:
         cfg, rest = UpdateConfig.split_params(params)
         if get_model_class(model).supports_cotrain:
@@ -99,7 +100,7 @@ def check_update_params(model: str, params: dict[str, Any]) -> UpdateConfig:
         # ml.errors.InvalidParams is a ValueError (ml.cotrain still raises plain ones), and a value of the wrong
         # type ({"sigma": "x"}) fails its comparison with TypeError.
         raise Invalid(f"params: {exc}") from None
-    return cfg
+    return cfg, rest
 
 
 def request_cotrain(s: Session, *, site: Site, params: dict[str, Any]) -> Job:
@@ -109,7 +110,7 @@ def request_cotrain(s: Session, *, site: Site, params: dict[str, Any]) -> Job:
         raise Conflict(f"site {site.id!r} has no active model to update; finetune one first")
     if active.model not in MODEL_NAMES:
         raise NotAvailable(f"site {site.id!r}'s active model {active.model} cannot be updated by this server")
-    cfg = check_update_params(active.model, dict(params.get("params") or {}))
+    cfg, _ = check_update_params(active.model, dict(params.get("params") or {}))
     if unused_queries(s, site_id=site.id) == 0:
         raise Conflict(f"site {site.id!r} has no stored queries not yet used by an update; nothing to learn from")
     learns_from_singles = cfg.single_query_labels == "self" or (
@@ -207,8 +208,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
         if active is None:
             raise JobFailed("the site has no active model any more")
         parent, model_name = active.version, active.model
-        cfg = check_update_params(model_name, dict(job.params.get("params") or {}))
-        _, model_params = UpdateConfig.split_params(dict(job.params.get("params") or {}))
+        cfg, model_params = check_update_params(model_name, dict(job.params.get("params") or {}))
         model = loads(active.weights, active.config, device=ctx.device)
         cls = get_model_class(model_name)
         kind = "window" if cls.trains_on == "windows" else "fingerprint"

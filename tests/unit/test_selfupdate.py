@@ -112,7 +112,7 @@ def test_vanished_aps_only_where_walks_went(corridor: dict) -> None:
     cfg = UpdateConfig()
     from ml.selfupdate import pseudo_labels
 
-    located = pseudo_labels(model, track(model, walks, corridor["plans"], cfg), cfg)
+    located = pseudo_labels(track(model, walks, corridor["plans"], cfg), cfg)
     gone = vanished_aps(fs, located, cfg)
     assert gone == [west_ap]
     assert vanished_aps(fs, located, UpdateConfig(churn=False)) == []
