@@ -8,6 +8,23 @@ from pathlib import Path
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+def query_row(site: str, i: int) -> dict[str, object]:
+    """A query-log row (as the query writer takes it) at x = i on floor "0" of `site`."""
+    from app.services.ids import time_ordered_id
+
+    return {
+        "id": time_ordered_id(),
+        "site_id": site,
+        "wifi": [["ap", -50.0, None]],
+        "x": float(i),
+        "y": 0.0,
+        "floor": "0",
+        "error_m": 1.0,
+        "model_name": "wknn",
+        "model_version": 1,
+    }
+
+
 def uji_data_dir(root: Path) -> Path:
     """`root/data/ujiindoorloc.zip` holding the UJI fixture slices as trainingData/validationData."""
     data = root / "data"

@@ -17,6 +17,7 @@ from app.services.codec import pack_sensors, unpack_sensors
 from app.services.ids import time_ordered_id
 from app.services.querylog import QueryWriter
 from ml.types import SensorData
+from tests.fixture_data import query_row
 
 
 @pytest.fixture
@@ -29,20 +30,6 @@ def db(tmp_path: Path) -> Database:
     return d
 
 
-def _row(i: int) -> dict[str, object]:
-    return {
-        "id": time_ordered_id(),
-        "site_id": "s1",
-        "wifi": [["ap", -50.0, None]],
-        "x": float(i),
-        "y": 0.0,
-        "floor": "0",
-        "error_m": 1.0,
-        "model_name": "wknn",
-        "model_version": 1,
-    }
-
-
 def test_group_commit_shares_transactions_and_stores_every_row(db: Database) -> None:
     writer = QueryWriter(db, max_rows=500, max_wait_ms=20)
     writer.start()
@@ -51,7 +38,7 @@ def test_group_commit_shares_transactions_and_stores_every_row(db: Database) -> 
 
     def client(k: int) -> None:
         for i in range(50):
-            fut = writer.submit([_row(k * 1000 + i)])
+            fut = writer.submit([query_row("s1", k * 1000 + i)])
             with lock:
                 futures.append(fut)
 
@@ -73,11 +60,11 @@ def test_group_commit_shares_transactions_and_stores_every_row(db: Database) -> 
 def test_failed_commit_fails_every_waiting_request(db: Database) -> None:
     writer = QueryWriter(db, max_wait_ms=0)
     writer.start()
-    bad = {**_row(0), "site_id": "no-such-site"}  # foreign key violation
+    bad = {**query_row("s1", 0), "site_id": "no-such-site"}  # foreign key violation
     fut = writer.submit([bad])
     with pytest.raises(Exception, match="FOREIGN KEY"):
         fut.result(timeout=10)
-    ok = writer.submit([_row(1)])
+    ok = writer.submit([query_row("s1", 1)])
     ok.result(timeout=10)  # the writer keeps going after a failed batch
     writer.stop()
 

@@ -16,7 +16,6 @@ from app.db import Database
 from app.migrate import upgrade
 from app.models import Query, Site
 from app.runtime import freeze_startup_objects, tune_malloc
-from app.services.ids import time_ordered_id
 from app.services.inference import BatchExecutor
 from app.services.notify import LocalNotifier
 from app.services.querylog import QueryWriter
@@ -30,6 +29,7 @@ from ml.models.fptrain import mc_spread
 from ml.models.wknn import WKNN
 from ml.seed import seeded
 from ml.serialize import dumps
+from tests.fixture_data import query_row
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -229,28 +229,14 @@ def test_model_cache_evicts_least_recently_used_over_budget_and_reloads(db: Data
 # ---------------------------------------------------------------- query log: one bad row fails alone
 
 
-def _row(site: str, i: int) -> dict[str, object]:
-    return {
-        "id": time_ordered_id(),
-        "site_id": site,
-        "wifi": [["ap", -50.0, None]],
-        "x": float(i),
-        "y": 0.0,
-        "floor": "0",
-        "error_m": 1.0,
-        "model_name": "wknn",
-        "model_version": 1,
-    }
-
-
 def test_a_bad_row_fails_only_its_own_request(db: Database) -> None:
     with db.session() as s:
         s.add(Site(id="s1", name="s1"))
     writer = QueryWriter(db, max_wait_ms=300)  # everything below lands in one group
     writer.start()
-    good = [writer.submit([_row("s1", i)]) for i in range(3)]
-    bad = writer.submit([_row("no-such-site", 9)])  # foreign key violation
-    good += [writer.submit([_row("s1", i), _row("s1", i + 10)]) for i in range(3, 5)]
+    good = [writer.submit([query_row("s1", i)]) for i in range(3)]
+    bad = writer.submit([query_row("no-such-site", 9)])  # foreign key violation
+    good += [writer.submit([query_row("s1", i), query_row("s1", i + 10)]) for i in range(3, 5)]
     with pytest.raises(Exception, match="FOREIGN KEY"):
         bad.result(timeout=30)
     for f in good:
@@ -267,8 +253,8 @@ def test_one_group_stores_session_and_plain_rows_and_counts_each_site(db: Databa
         s.add_all([Site(id="a", name="a"), Site(id="b", name="b")])
     writer = QueryWriter(db, max_wait_ms=300)
     writer.start()
-    futures = [writer.submit([_row("a", 1)]), writer.submit([{**_row("b", 2), "session_id": "walk-1"}])]
-    futures.append(writer.submit([_row("b", 3), _row("a", 4)]))
+    futures = [writer.submit([query_row("a", 1)]), writer.submit([{**query_row("b", 2), "session_id": "walk-1"}])]
+    futures.append(writer.submit([query_row("b", 3), query_row("a", 4)]))
     for f in futures:
         f.result(timeout=30)
     writer.stop()
@@ -315,7 +301,7 @@ def test_retention_deletes_old_queries_but_not_the_pool_of_a_pending_update(db: 
         s.flush()
         for site in ("a", "b"):
             for i, (prefix, used) in enumerate(((old, None), (old, "j0"), (new, None))):
-                row = {**_row(site, i), "id": prefix[:16] + f"{i:02d}{site}".ljust(16, "0"), "used_by_job": used}
+                row = {**query_row(site, i), "id": prefix[:16] + f"{i:02d}{site}".ljust(16, "0"), "used_by_job": used}
                 s.add(Query(**row))
     assert delete_expired_queries(db, retention_days=None, now=now) == 0
     assert delete_expired_queries(db, retention_days=30, now=now, chunk=1) == 3
