@@ -57,6 +57,12 @@ class LiveServer:
         self.stop()
         raise RuntimeError("server did not start in 120 s")
 
+    def __enter__(self) -> LiveServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def client(self, key: str | None = None) -> Client:
         return Client(self.url, key or self.key)
 

@@ -36,11 +36,8 @@ def _browser_missing() -> str | None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    srv = LiveServer(tmp_path_factory.mktemp("console-server"))
-    try:
+    with LiveServer(tmp_path_factory.mktemp("console-server")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
