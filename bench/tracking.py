@@ -118,6 +118,8 @@ class Replay:
     costs_ms: list[float] = field(default_factory=list)  # wall time of Tracker.update
     cpu_ms: list[float] = field(default_factory=list)  # its CPU time (this thread)
     pdr: list[tuple[float, float]] = field(default_factory=list)  # (|error vector|, |true displacement|)
+    # per waypoint segment: (|PDR displacement - true displacement|, |true displacement|, seconds)
+    segments: list[tuple[float, float, float]] = field(default_factory=list)
     blob_bytes: int = 0
 
 
@@ -148,13 +150,17 @@ def replay(tr: IlcTrace, model: LocModel, variants: dict[str, Tracker], floor: s
     pk = np.cumsum(new) - 1  # index into pred of the latest answered scan at each second
     nb = pred.neighbours
     ms = MotionState()
+    pdr_xy = np.zeros((len(times), 2))  # the motion model's own track (stride scale 1, no heading bias) at each second
     started = False
     for name in variants:
         out.causal[name], out.causal_floor[name], out.smoothed[name] = [], [], []
     for k, t in enumerate(times.tolist()):
         sensors = window(tr, t)
+        if k > 0:
+            pdr_xy[k] = pdr_xy[k - 1]
         if sensors is not None and k > 0:
             d = displacement(sensors, ms)
+            pdr_xy[k] += (d.dx, d.dy)
             true_d = truth[k] - truth[k - 1]
             out.pdr.append((float(np.hypot(d.dx - true_d[0], d.dy - true_d[1])), float(np.hypot(*true_d))))
         if pk[k] < 0:
@@ -194,6 +200,7 @@ def replay(tr: IlcTrace, model: LocModel, variants: dict[str, Tracker], floor: s
             out.causal[name].append(float(np.hypot(est.x - truth[k, 0], est.y - truth[k, 1])))
             out.causal_floor[name].append(est.floor == floor)
         started = True
+    out.segments = segment_errors(tr, times, pdr_xy)
     for name, trk in variants.items():
         st = trk.store.get(trk.key("bench", tr.trace_id))
         if st is None:
@@ -208,6 +215,26 @@ def replay(tr: IlcTrace, model: LocModel, variants: dict[str, Tracker], floor: s
         tt = np.array([p.t_ms for p in sm], dtype=np.float64)
         txy = np.column_stack(tr.position(tt))
         out.smoothed[name] = [float(np.hypot(p.x - a, p.y - b)) for p, (a, b) in zip(sm, txy, strict=True)]
+    return out
+
+
+def segment_errors(tr: IlcTrace, times: np.ndarray, pdr_xy: np.ndarray) -> list[tuple[float, float, float]]:
+    """The motion model's displacement over each waypoint segment against the waypoints' own.
+
+    The PDR track (one point a second) is interpolated at the two waypoints' times; segments are clipped to the
+    replayed seconds (the first second has no window before it)."""
+    if len(times) < 2:
+        return []
+    out = []
+    for (ta, _, _), (tb, _, _) in zip(tr.waypoints[:-1], tr.waypoints[1:], strict=True):
+        a, b = max(float(ta), float(times[0])), min(float(tb), float(times[-1]))
+        if b - a < STEP_MS:
+            continue
+        ends = np.array([a, b])
+        px, py = np.interp(ends, times, pdr_xy[:, 0]), np.interp(ends, times, pdr_xy[:, 1])
+        wx, wy = tr.position(ends)
+        err = np.hypot((px[1] - px[0]) - (wx[1] - wx[0]), (py[1] - py[0]) - (wy[1] - wy[0]))
+        out.append((float(err), float(np.hypot(wx[1] - wx[0], wy[1] - wy[0])), (b - a) / 1000.0))
     return out
 
 
@@ -248,6 +275,18 @@ def summarise(reps: list[Replay], variants: list[str]) -> dict[str, Any]:
             "mean_error_m": round(float(pdr[:, 0].mean()), 3),
             "median_error_m": round(float(np.median(pdr[:, 0])), 3),
             "mean_true_displacement_m": round(float(pdr[:, 1].mean()), 3),
+        }
+    seg = np.array([g for r in reps for g in r.segments]).reshape(-1, 3)
+    if len(seg):
+        out["pdr_segment"] = {
+            "n": len(seg),
+            "mean_error_m": round(float(seg[:, 0].mean()), 3),
+            "median_error_m": round(float(np.median(seg[:, 0])), 3),
+            "p90_error_m": round(float(np.percentile(seg[:, 0], 90)), 3),
+            "mean_length_m": round(float(seg[:, 1].mean()), 3),
+            "mean_seconds": round(float(seg[:, 2].mean()), 2),
+            # error per metre walked, pooled: sum of errors / sum of lengths
+            "error_per_m": round(float(seg[:, 0].sum() / max(seg[:, 1].sum(), 1e-9)), 3),
         }
     costs = np.array([c for r in reps for c in r.costs_ms])
     cpu = np.array([c for r in reps for c in r.cpu_ms])
@@ -351,15 +390,19 @@ def render(result: dict[str, Any]) -> str:
     lines += [
         "",
         "| site / floor | PDR 1 s windows | mean displacement error m | median m | mean true displacement m "
+        "| waypoint segments | segment error mean / median / P90 m | mean segment length m / s | error per m walked "
         "| session query CPU p50 / p99 ms | wall p50 / p99 ms | largest session state, bytes |",
-        "|---|--:|--:|--:|--:|---|---|--:|",
+        "|---|--:|--:|--:|--:|--:|---|---|--:|---|---|--:|",
     ]
     for site, v in result["sites"].items():
         for floor, r in [*v["floors"].items(), ("pooled", v["pooled"])]:
-            p, c = r.get("pdr_1s", {}), r.get("session_query_ms", {})
+            p, c, g = r.get("pdr_1s", {}), r.get("session_query_ms", {}), r.get("pdr_segment", {})
             lines.append(
                 f"| {site} {floor} | {p.get('n')} | {p.get('mean_error_m')} | {p.get('median_error_m')} "
-                f"| {p.get('mean_true_displacement_m')} | {c.get('cpu_p50')} / {c.get('cpu_p99')} "
+                f"| {p.get('mean_true_displacement_m')} | {g.get('n', '-')} "
+                f"| {g.get('mean_error_m', '-')} / {g.get('median_error_m', '-')} / {g.get('p90_error_m', '-')} "
+                f"| {g.get('mean_length_m', '-')} / {g.get('mean_seconds', '-')} | {g.get('error_per_m', '-')} "
+                f"| {c.get('cpu_p50')} / {c.get('cpu_p99')} "
                 f"| {c.get('wall_p50')} / {c.get('wall_p99')} | {r.get('session_state_bytes_max')} |"
             )
     return "\n".join(lines) + "\n"
