@@ -34,6 +34,7 @@ def server_env(data_dir: Path) -> dict[str, str]:
 class LiveServer:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = ADMIN_KEY
