@@ -29,10 +29,7 @@ def settings_from(cls: type[T], params: Mapping[str, Any], what: str) -> T:
 def check_types(cls: type, params: Mapping[str, Any], what: str) -> None:
     """InvalidParams when a value does not have its field's declared type (int, float, bool, str, None; other
     declared types, such as tuples, are left to the model's own checks)."""
-    declared = {
-        f.name: f.type.__name__ if isinstance(f.type, type) else str(f.type)
-        for f in fields(cls)  # type: ignore[arg-type]
-    }
+    declared = {f.name: f.type.__name__ if isinstance(f.type, type) else str(f.type) for f in fields(cls)}
     for name, value in params.items():
         kinds = {k.strip() for k in declared.get(name, "").split("|")}
         if not kinds <= {"int", "float", "bool", "str", "None"}:

@@ -10,6 +10,8 @@ from pydantic import BaseModel, Field
 from app.schemas.api import JobOut, ModelVersionOut
 from app.schemas.common import UtcDatetime
 
+CdfSource = Literal["holdout", "quantiles", "none"]
+
 
 class BBox(BaseModel):
     min_x: float
@@ -59,7 +61,7 @@ class ModelVersionDetail(ModelVersionOut):
         description="The version's holdout error CDF: 21 points (every 5%) from `metrics.error_quantiles_m` when the "
         "version has them, else 0 m, the median, P75 and P95 it was scored with; empty without holdout metrics"
     )
-    cdf_source: Literal["holdout", "quantiles", "none"] = Field(
+    cdf_source: CdfSource = Field(
         description="'holdout': the 21 stored quantiles; 'quantiles': from median/P75/P95 only; 'none'"
     )
     job_id: str | None = None
@@ -83,7 +85,7 @@ class KeysOut(BaseModel):
     keys: list[KeyInfo]
 
 
-def as_cdf(metrics: dict[str, Any]) -> tuple[list[CdfPoint], str]:
+def as_cdf(metrics: dict[str, Any]) -> tuple[list[CdfPoint], CdfSource]:
     """The version's holdout error CDF: from `error_quantiles_m` (21 quantiles, stored by finetunes since this
     build) when present, else the points the scalar metrics give: (0, 0), (median, .5), (P75, .75), (P95, .95)."""
     quantiles = metrics.get("error_quantiles_m")

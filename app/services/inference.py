@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +87,7 @@ def gather(
     return batch, False
 
 
-def settle(results: list[tuple[Any, asyncio.AbstractEventLoop | None, Any, BaseException | None]]) -> None:
+def settle(results: Sequence[tuple[Any, asyncio.AbstractEventLoop | None, Any, BaseException | None]]) -> None:
     """Resolve futures from a worker thread: concurrent ones at once, asyncio ones with one
     `call_soon_threadsafe` per event loop for the whole batch (one wake-up, not one per request)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any, BaseException | None]]] = {}
@@ -138,9 +138,9 @@ class BatchExecutor:
     async def predict(self, batch: QueryBatch) -> Prediction:
         """`submit` for a coroutine: awaits the rows' `Prediction` without blocking the event loop."""
         loop = asyncio.get_running_loop()
-        item = _Item(batch, loop.create_future(), loop)
-        self._enqueue(item)
-        return await item.future
+        future: asyncio.Future[Prediction] = loop.create_future()
+        self._enqueue(_Item(batch, future, loop))
+        return await future
 
     def _enqueue(self, item: _Item) -> None:
         with self._lock:

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -184,7 +184,13 @@ def claim_job(s: Session, *, job_id: str, stale_s: float) -> bool:
         .values(state="running", attempts=Job.attempts + 1, started_at=now, heartbeat_at=now, message="started")
         .execution_options(synchronize_session=False)
     )
-    return bool(res.rowcount)
+    return bool(_rowcount(res))
+
+
+def _rowcount(res: Any) -> int:
+    """Rows an UPDATE/DELETE touched (`Session.execute` is typed as returning `Result`; an UPDATE's is a
+    `CursorResult`)."""
+    return int(cast(CursorResult[Any], res).rowcount)
 
 
 def _td(seconds: float) -> timedelta:
@@ -262,7 +268,7 @@ def sweep_jobs(s: Session, *, settings: Settings) -> Sweep:
                 .values(state="failed", message="failed", error=error, finished_at=now)
                 .execution_options(synchronize_session=False)
             )
-            if res.rowcount:
+            if _rowcount(res):
                 failed.append(job_id)
         else:
             res = s.execute(
@@ -271,7 +277,7 @@ def sweep_jobs(s: Session, *, settings: Settings) -> Sweep:
                 .values(state="queued", message="requeued: its worker stopped", heartbeat_at=now)
                 .execution_options(synchronize_session=False)
             )
-            if res.rowcount:
+            if _rowcount(res):
                 requeued.append(job_id)
     stale_queued = []
     for job_id in s.scalars(
@@ -283,7 +289,7 @@ def sweep_jobs(s: Session, *, settings: Settings) -> Sweep:
             .values(heartbeat_at=now)
             .execution_options(synchronize_session=False)
         )
-        if res.rowcount:
+        if _rowcount(res):
             stale_queued.append(job_id)
     if requeued or failed or stale_queued:
         log.warning("job sweep: requeued %s, resent %s, failed %s", requeued, stale_queued, failed)
