@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from app.api.models import version_out
 from app.deps import AdminKey, OperatorKey, SessionDep, SiteDep
@@ -35,7 +35,7 @@ def recent_queries(site: SiteDep, s: SessionDep, limit: Annotated[int, Query(ge=
 
 
 @router.get("/sites/{site_id}/models/{version}", response_model=ModelVersionDetail, tags=["models"])
-def get_model(site: SiteDep, version: int, s: SessionDep) -> ModelVersionDetail:
+def get_model(site: SiteDep, version: Annotated[int, Path(ge=1, le=2**31 - 1)], s: SessionDep) -> ModelVersionDetail:
     """One model version: what `GET /sites/{id}/models` lists, plus the points of its holdout error CDF and the
     job that made it. Role: operator (sites on its key) or admin."""
     mv = svc.get_version(s, site_id=site.id, version=version)

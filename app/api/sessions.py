@@ -13,7 +13,8 @@ from app.schemas.api import SessionOut
 router = APIRouter(tags=["locate"])
 
 
-@router.get("/sessions/{session_id}", response_model=SessionOut)
+@router.get("/sessions/{session_id:path}", response_model=SessionOut)
 async def get_session(session_id: str, rt: RuntimeDep, principal: AnyKey) -> dict[str, Any]:
-    """The session's answered points and its smoothed track (404 for another key's session, or an expired one)."""
+    """The session's answered points and its smoothed track (404 for another key's session, or an expired one).
+    A session id may contain "/" (percent-encoded or not)."""
     return await run_in_threadpool(rt.tracker.read, owner=principal.key_id, session_id=session_id)

@@ -24,6 +24,10 @@ ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
 Strategy = Literal[STRATEGY_NAMES]  # type: ignore[valid-type]
 
 
+# A session's timestamps are kept exactly (as JSON numbers, and float64 in its track): 2^53 - 1 at most.
+MAX_SESSION_MS = 2**53 - 1
+
+
 class SiteCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, NoNul] = Field(min_length=1, max_length=200)
@@ -141,7 +145,8 @@ class LocateIn(BaseModel):
     )
     device: Text | None = None
     timestamp: Millis | None = Field(
-        default=None, description="unix milliseconds, when the scan was taken (required with session_id)"
+        default=None,
+        description="unix milliseconds, when the scan was taken (required with session_id; at most 2^53 - 1 there)",
     )
     session_id: str | None = Field(
         default=None,
@@ -164,6 +169,8 @@ class LocateIn(BaseModel):
     def _session_needs_time(self) -> LocateIn:
         if self.session_id is not None and self.timestamp is None:
             raise ValueError("a query with session_id needs 'timestamp' (unix ms, non-decreasing in the session)")
+        if self.session_id is not None and self.timestamp is not None and self.timestamp > MAX_SESSION_MS:
+            raise ValueError(f"a session query's timestamp must be at most {MAX_SESSION_MS} (2^53 - 1 ms)")
         return self
 
 

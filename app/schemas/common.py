@@ -91,7 +91,7 @@ class SensorWindowIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    rate_hz: float = Field(gt=0, le=1000, description="Sampling rate of the arrays, Hz")
+    rate_hz: float = Field(gt=0, le=1000, allow_inf_nan=False, description="Sampling rate of the arrays, Hz")
     accel: list[Xyz] | None = Field(default=None, max_length=2000, description="Accelerometer, m/s^2")
     gyro: list[Xyz] | None = Field(default=None, max_length=2000, description="Gyroscope, rad/s")
     mag: list[Xyz] | None = Field(default=None, max_length=2000, description="Magnetometer, uT")

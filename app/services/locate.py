@@ -50,14 +50,20 @@ class Locator:
         The event loop only featurises and shapes answers: models are loaded in a worker thread and
         `predict` runs on each model's batching executor (`inference.py`), shared with concurrent requests."""
         many = len(queries) > 1
+        queries = list(queries)  # a motion-only session query may take its site from an earlier one (below)
         prepared = []
+        session_sites: dict[str, str] = {}  # a session opened earlier in this request: its site
         for i, q in enumerate(queries):
             where = f"queries[{i}]: " if many else ""
             self._check(q, where)
+            if q.session_id is not None and q.site_id is None and not q.wifi and q.session_id in session_sites:
+                q = queries[i] = q.model_copy(update={"site_id": session_sites[q.session_id]})
             lm = self._cached_model(q, principal, where)
             if lm is None:  # a cold site, or detection that needs a load or a tie-break: off the loop
                 lm = await asyncio.to_thread(self._model_for, q, principal, where)
             prepared.append(self._prepare(q, lm, where))
+            if q.session_id is not None:
+                session_sites.setdefault(q.session_id, lm.site_id)
         # Tracking sessions: checked before anything is answered, applied after the model's answers.
         tracked = self._sessions is not None and any(q.session_id is not None for q in queries)
         if tracked:
@@ -65,12 +71,22 @@ class Locator:
             self._sessions.check(queries, [p.model.site_id for p in prepared], principal.key_id)
         preds = await self._infer(prepared)
         outs, rows = self._answers(prepared, preds)
-        if tracked:
+        pending = None
+        if tracked:  # in memory first: a request that fails below leaves its sessions as they were
             assert self._sessions is not None
-            self._sessions.apply(
-                queries, [p.neighbours for p in prepared], [p.sensors for p in prepared], outs, rows, principal.key_id
+            pending = await asyncio.to_thread(
+                self._sessions.advance,
+                queries,
+                [p.neighbours for p in prepared],
+                [p.sensors for p in prepared],
+                outs,
+                rows,
+                principal.key_id,
             )
         check_query_rows(rows)  # issue 19: nothing answered is unstorable (a bad row would fail its whole commit)
+        if pending:
+            assert self._sessions is not None
+            await asyncio.to_thread(self._sessions.commit, pending, queries, outs, rows)
         try:
             await self._writer.write(rows)
         except Exception as exc:

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import struct
 import threading
@@ -209,6 +210,31 @@ def fix_from_answer(
     return Fix(float(x), float(y), str(floor), float(error_m), nb, nw)
 
 
+@dataclass
+class Step:
+    """One session query: where, when, its sensor window, the model's fix for its scan (None: no new scan)."""
+
+    site_id: str
+    t_ms: int
+    sensors: SensorData | None
+    fix: Fix | None
+    scan: str | None
+    where: str = ""
+
+
+@dataclass
+class Advance:
+    """A session advanced in memory by one request's queries, not yet written (`Tracker.commit`)."""
+
+    key: str
+    owner: str
+    session_id: str
+    steps: list[Step]
+    before: bytes | None
+    after: bytes
+    estimates: list[Estimate]
+
+
 class Tracker:
     """Session updates and reads over a store; plans come from a callable (site -> {floor: Walkable}).
 
@@ -257,23 +283,58 @@ class Tracker:
         scan: str | None,
         where: str = "",
     ) -> Estimate:
-        plans = self._plans(site_id) if self._plans is not None else None
-        if fix is not None and not self.use_neighbours:
-            fix.neighbours = fix.neighbour_w = None
-        seed = zlib.crc32(f"{owner}:{session_id}".encode())
+        """One query: advance the session and write it, as one atomic step."""
+        adv = self.advance(owner=owner, session_id=session_id, steps=[Step(site_id, t_ms, sensors, fix, scan, where)])
+        return self.commit(adv)[0]
 
-        def apply(blob: bytes | None) -> tuple[bytes, Estimate]:
-            s = Session.from_bytes(blob) if blob is not None else Session(owner, site_id, None)
-            _check(s, site_id, t_ms, session_id, where)
+    def advance(self, *, owner: str, session_id: str, steps: list[Step]) -> Advance:
+        """Phase 1: the session's state after `steps` (its queries of one request, in order), computed from its
+        stored state. Nothing is written: a request that fails afterwards (another query of the batch, the
+        storability check) leaves the session as it was."""
+        key = self.key(owner, session_id)
+        before = self.store.get(key)
+        after, estimates = self._run(before, owner, session_id, steps)
+        return Advance(key, owner, session_id, steps, before, after, estimates)
+
+    def commit(self, adv: Advance) -> list[Estimate]:
+        """Phase 2: write the advanced state atomically. If another request moved the session on meanwhile (two
+        queries of one session at once), the steps are run again on the newer state (which may refuse them)."""
+
+        def apply(blob: bytes | None) -> tuple[bytes, list[Estimate]]:
+            if blob == adv.before:
+                return adv.after, adv.estimates
+            return self._run(blob, adv.owner, adv.session_id, adv.steps)
+
+        return self.store.update(adv.key, apply)
+
+    def _run(self, blob: bytes | None, owner: str, session_id: str, steps: list[Step]) -> tuple[bytes, list[Estimate]]:
+        seed = zlib.crc32(f"{owner}:{session_id}".encode())
+        s = Session.from_bytes(blob) if blob is not None else Session(owner, steps[0].site_id, None)
+        out = []
+        for st in steps:
+            _check(s, st.site_id, st.t_ms, session_id, st.where)
+            fix = st.fix
+            if fix is not None and not self.use_neighbours:
+                fix = Fix(fix.x, fix.y, fix.floor, fix.error_m)
+            plans = self._plans(st.site_id) if self._plans is not None else None
             try:
                 s.state, est = step(
-                    s.state, seed=seed, t_ms=t_ms, sensors=sensors, fix=fix, scan_key=scan, plans=plans, cfg=self.cfg
+                    s.state,
+                    seed=seed,
+                    t_ms=st.t_ms,
+                    sensors=st.sensors,
+                    fix=fix,
+                    scan_key=st.scan,
+                    plans=plans,
+                    cfg=self.cfg,
                 )
             except NoPosition as e:
-                raise Invalid(f"{where}session {session_id!r}: {e}") from None
-            return s.to_bytes(), est
-
-        return self.store.update(self.key(owner, session_id), apply)
+                raise Invalid(f"{st.where}session {session_id!r}: {e}") from None
+            if not all(math.isfinite(v) for v in (est.x, est.y, est.error_m)):
+                # a defect, not the client's: refuse the query rather than store a track that answers NaN forever
+                raise Invalid(f"{st.where}session {session_id!r}: this query could not be tracked (no finite estimate)")
+            out.append(est)
+        return s.to_bytes(), out
 
     def read(self, *, owner: str, session_id: str) -> dict[str, Any]:
         blob = self.store.get(self.key(owner, session_id))
@@ -330,7 +391,7 @@ class SessionHook:
                 where = f"queries[{i}]: " if many else ""
                 self.tracker.check(owner=owner, session_id=q.session_id, site_id=site, t_ms=q.timestamp, where=where)
 
-    def apply(
+    def advance(
         self,
         queries: list[Any],
         neighbours: list[tuple[np.ndarray, np.ndarray] | None],
@@ -338,26 +399,54 @@ class SessionHook:
         outs: list[dict[str, Any]],
         rows: list[dict[str, Any]],
         owner: str,
-    ) -> None:
-        """Replace each session query's answer (and its query-log row) by its session's causal estimate."""
+    ) -> list[tuple[Advance, list[int]]]:
+        """Phase 1: replace each session query's answer (and its query-log row) by its session's causal estimate,
+        every session of the request advanced in memory, its queries in order. Nothing is written yet: see
+        `commit`, called once the whole request is known to be answerable."""
         many = len(queries) > 1
+        by_session: dict[str, list[int]] = {}
         for i, q in enumerate(queries):
-            if q.session_id is None:
-                continue
-            out = outs[i]
-            fix = None
-            if q.wifi:
-                fix = fix_from_answer(out["x"], out["y"], out["floor"], out["error_m"], neighbours[i])
-            est = self.tracker.update(
-                owner=owner,
-                session_id=q.session_id,
-                site_id=out["site_id"],
-                t_ms=int(q.timestamp),
-                sensors=sensors[i],
-                fix=fix,
-                scan=scan_key([(e.bssid, e.rssi) for e in q.wifi]),
-                where=f"queries[{i}]: " if many else "",
-            )
-            answer = {"x": est.x, "y": est.y, "floor": est.floor, "error_m": est.error_m}
-            out.update(answer, session_id=q.session_id)
-            rows[i].update(answer, session_id=q.session_id)
+            if q.session_id is not None:
+                by_session.setdefault(q.session_id, []).append(i)
+        pending = []
+        for session_id, idx in by_session.items():
+            steps = []
+            for i in idx:
+                q, out = queries[i], outs[i]
+                fix = (
+                    fix_from_answer(out["x"], out["y"], out["floor"], out["error_m"], neighbours[i]) if q.wifi else None
+                )
+                scan = scan_key([(e.bssid, e.rssi) for e in q.wifi])
+                where = f"queries[{i}]: " if many else ""
+                steps.append(Step(out["site_id"], int(q.timestamp), sensors[i], fix, scan, where))
+            adv = self.tracker.advance(owner=owner, session_id=session_id, steps=steps)
+            _fill(adv.estimates, idx, queries, outs, rows)
+            pending.append((adv, idx))
+        return pending
+
+    def commit(
+        self,
+        pending: list[tuple[Advance, list[int]]],
+        queries: list[Any],
+        outs: list[dict[str, Any]],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        """Phase 2: write every advanced session (the answers change only if a concurrent request of the same
+        session got in between)."""
+        for adv, idx in pending:
+            estimates = self.tracker.commit(adv)
+            if estimates is not adv.estimates:
+                _fill(estimates, idx, queries, outs, rows)
+
+
+def _fill(
+    estimates: list[Estimate],
+    idx: list[int],
+    queries: list[Any],
+    outs: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+) -> None:
+    for est, i in zip(estimates, idx, strict=True):
+        answer = {"x": est.x, "y": est.y, "floor": est.floor, "error_m": est.error_m}
+        outs[i].update(answer, session_id=queries[i].session_id)
+        rows[i].update(answer, session_id=queries[i].session_id)

@@ -64,6 +64,9 @@ class FilterConfig:
     floor_votes: int = 2  # consecutive fixes on another floor before the floor changes...
     settle_fixes: int = 3  # ...once this many fixes agreed with the current floor (before that, one vote)
     max_points: int = 7200  # history kept for the smoother (2 h at 1 Hz)
+    # A gap longer than this between two queries of a session (client clock): the walker may be anywhere, so the
+    # motion noise stops growing at this many seconds and the next WiFi fix restarts the cloud at the fix.
+    max_gap_s: float = 60.0
     error_floor_m: float = 1.0
     motion: MotionConfig = field(default_factory=MotionConfig)
 
@@ -104,6 +107,7 @@ class TrackState:
     floor_agree: int = 1  # fixes that agreed with the current floor since it was set
     disagree: int = 0
     last_scan: str | None = None
+    lost: bool = False  # set by a gap longer than max_gap_s: the next fix on this floor restarts the cloud
     motion: MotionState = field(default_factory=MotionState)
     history: np.ndarray = field(default_factory=lambda: np.zeros((0, _H), dtype=np.float64))
 
@@ -122,6 +126,7 @@ class TrackState:
             "floor_agree": self.floor_agree,
             "disagree": self.disagree,
             "last_scan": self.last_scan,
+            "lost": self.lost,
             "since_step_s": self.motion.since_step_s,
             "shapes": [list(self.particles.shape), len(self.motion.tail), list(self.history.shape)],
         }
@@ -170,6 +175,7 @@ class TrackState:
             floor_agree=head["floor_agree"],
             disagree=head["disagree"],
             last_scan=head["last_scan"],
+            lost=bool(head.get("lost", False)),
             motion=MotionState(tail=tail, since_step_s=head["since_step_s"]),
             history=history,
         )
@@ -234,12 +240,17 @@ def step(
         return state, _record(state, t_ms, np.zeros(2), 0.0, cfg, (math.nan, math.nan), (fix.x, fix.y, sig))
     rng = _rng(state.seed, state.n + 1)
     dt = max(0.0, (t_ms - state.t_ms) / 1000.0)
+    if dt > cfg.max_gap_s:
+        state.lost = True
+        dt = cfg.max_gap_s
     p, w = state.particles, state.weights
     before = (w[:, None] * p[:, :2]).sum(axis=0)
     start_xy = p[:, :2].copy()
     # 1. predict
     if sensors is not None or motion is not None:
         d = motion if motion is not None else displacement(sensors, state.motion, cfg.motion)  # type: ignore[arg-type]
+        if not (math.isfinite(d.dx) and math.isfinite(d.dy)):
+            d = Displacement(0.0, 0.0, 0, d.duration_s, None)  # never a NaN track, whatever the window holds
         raw = (d.dx, d.dy)
         n = len(p)
         p[:, 2] += rng.normal(0, cfg.scale_walk, n)
@@ -304,6 +315,7 @@ def _measure(
         state.floor = fix.floor
         state.cand_floor, state.cand_votes, state.disagree, state.floor_agree = None, 0, 0, 1
         state.segment += 1
+        state.lost = False
         return _cloud(fix, cfg, rng, len(p)), np.full(len(p), 1.0 / len(p))
     state.cand_floor, state.cand_votes = None, 0
     state.floor_agree += 1
@@ -314,8 +326,8 @@ def _measure(
         state.disagree += 1
     else:
         state.disagree = 0
-    if state.disagree >= cfg.reinit_after:
-        state.disagree = 0
+    if state.disagree >= cfg.reinit_after or state.lost:
+        state.disagree, state.lost = 0, False
         state.segment += 1
         return _cloud(fix, cfg, rng, len(p)), np.full(len(p), 1.0 / len(p))
     lik = _likelihood(p[:, :2], fix, sigma, cfg)

@@ -61,10 +61,10 @@ def displacement(s: SensorData, state: MotionState, cfg: MotionConfig = MotionCo
     if s.accel is None or len(s.accel) < 2:
         return Displacement(0.0, 0.0, 0, dur, None)
     rate = float(s.rate_hz)
-    accel = np.asarray(s.accel, dtype=np.float64)
-    keep = int(cfg.max_window_s * rate)
-    sl = slice(max(0, len(accel) - keep), len(accel))
-    accel = accel[sl]
+    keep = max(2, int(cfg.max_window_s * rate))
+    accel = _last(s.accel, keep)
+    if accel is None or len(accel) < 2:
+        return Displacement(0.0, 0.0, 0, dur, None)
     mag_now = np.linalg.norm(accel, axis=1) - GRAVITY
     w = max(1, round(cfg.smooth_s * rate))
     tail = state.tail.astype(np.float64)
@@ -85,9 +85,11 @@ def displacement(s: SensorData, state: MotionState, cfg: MotionConfig = MotionCo
             last_t = t_rel[p]
     amp = float(smooth[len(tail) :].max() - smooth[len(tail) :].min()) if len(mag_now) else 0.0
     stride = float(np.clip(cfg.weinberg_k * max(amp, 0.0) ** 0.25, cfg.min_stride_m, cfg.max_stride_m))
-    headings = _headings(s, sl, rate, len(accel))
+    headings = _headings(s, keep, rate, len(accel))
     dx = dy = 0.0
     heading = None
+    if headings is not None and not np.isfinite(headings).all():
+        headings = None  # e.g. a degenerate quaternion: no heading rather than a NaN position
     if headings is not None:
         for p in steps:
             i = int(np.clip(p - len(tail), 0, len(headings) - 1))
@@ -101,15 +103,24 @@ def displacement(s: SensorData, state: MotionState, cfg: MotionConfig = MotionCo
     return Displacement(dx, dy, len(steps) if headings is not None else 0, dur, heading)
 
 
-def _headings(s: SensorData, sl: slice, rate: float, n: int) -> np.ndarray | None:
-    """Per-sample heading (radians from east, counter-clockwise) of the phone's y axis, length n."""
-    if s.rotation is not None and len(s.rotation) >= 1:
-        q = np.asarray(s.rotation, dtype=np.float64)[sl]
-        return _resize(rotation_heading(q), n)
-    if s.accel is None or s.mag is None or len(s.mag) < 1:
+def _last(a: np.ndarray | None, keep: int) -> np.ndarray | None:
+    """The newest `keep` samples of one stream as float64 (each stream has its own length: a window's
+    modalities need not have the same number of samples)."""
+    if a is None or len(a) == 0:
         return None
-    g = np.asarray(s.accel, dtype=np.float64)[sl].mean(axis=0)
-    m = np.asarray(s.mag, dtype=np.float64)[sl].mean(axis=0)
+    return np.asarray(a, dtype=np.float64)[-keep:]
+
+
+def _headings(s: SensorData, keep: int, rate: float, n: int) -> np.ndarray | None:
+    """Per-sample heading (radians from east, counter-clockwise) of the phone's y axis, length n."""
+    q = _last(s.rotation, keep)
+    if q is not None:
+        return _resize(rotation_heading(q), n)
+    accel, mag = _last(s.accel, keep), _last(s.mag, keep)
+    if accel is None or mag is None:
+        return None
+    g = accel.mean(axis=0)
+    m = mag.mean(axis=0)
     east = np.cross(m, g)
     ne = np.linalg.norm(east)
     if ne < 1e-6 or np.linalg.norm(g) < 1e-6:
@@ -117,9 +128,9 @@ def _headings(s: SensorData, sl: slice, rate: float, n: int) -> np.ndarray | Non
     east /= ne
     north = np.cross(g / np.linalg.norm(g), east)
     base = float(np.arctan2(north[1], east[1]))  # device y axis in the world: (E_y, N_y)
-    if s.gyro is None or len(s.gyro) < 2:
+    gy = _last(s.gyro, keep)
+    if gy is None or len(gy) < 2:
         return np.full(n, base)
-    gy = np.asarray(s.gyro, dtype=np.float64)[sl]
     yaw_rate = gy @ (g / np.linalg.norm(g))  # rotation about the up axis (rad/s, counter-clockwise)
     yaw = np.cumsum(yaw_rate) / rate
     yaw -= yaw.mean()  # the compass gives the window's mean heading; the gyro the turns inside it

@@ -146,6 +146,94 @@ def test_batch_sessions_in_order(api: Api) -> None:
     assert len(api.get("/sessions/b", headers=key).json()["points"]) == 3
 
 
+def test_a_failed_request_leaves_its_sessions_as_they_were(api: Api) -> None:
+    """A batch is answered whole or not at all, sessions included: a refused batch advances no session."""
+    site = api.trained_site("sessions-atomic")
+    wifi = uji_queries("0")[0]["wifi"]
+    key = _key(api)
+    walk = _walk_window(0.0)
+    # the second query cannot be answered (its session has no position): the first session must not be opened
+    body = {
+        "queries": [
+            {"site_id": site, "wifi": wifi, "session_id": "a1", "timestamp": 1000},
+            {"session_id": "a2", "timestamp": 1000, "sensors": walk},
+        ]
+    }
+    r = api.post("/locate/batch", json=body, headers=key)
+    assert r.status_code == 422 and "queries[1]" in r.text, r.text
+    assert api.get("/sessions/a1", headers=key).status_code == 404
+    # within one session: its later query going back in time refuses the batch, and the session stays unopened
+    body = {
+        "queries": [
+            {"site_id": site, "wifi": wifi, "session_id": "a3", "timestamp": 5000},
+            {"site_id": site, "wifi": wifi, "session_id": "a3", "timestamp": 4000},
+        ]
+    }
+    r = api.post("/locate/batch", json=body, headers=key)
+    assert r.status_code == 422 and "earlier" in r.text, r.text
+    assert api.get("/sessions/a3", headers=key).status_code == 404
+    # a session opened earlier in the same batch gives a motion-only query (no site_id) its site
+    body = {
+        "queries": [
+            {"site_id": site, "wifi": wifi, "session_id": "a4", "timestamp": 1000},
+            {"session_id": "a4", "timestamp": 2000, "sensors": walk},
+        ]
+    }
+    r = api.post("/locate/batch", json=body, headers=key)
+    assert r.status_code == 200, r.text
+    assert [a["site_id"] for a in r.json()["results"]] == [site, site]
+    assert len(api.get("/sessions/a4", headers=key).json()["points"]) == 2
+
+
+def test_hostile_session_queries(api: Api) -> None:
+    """Inputs a fuzz review found: none may answer 500 or leave a session that answers NaN."""
+    site = api.trained_site("sessions-hostile")
+    wifi = uji_queries("0")[0]["wifi"]
+    key = _key(api)
+
+    def locate(body: dict[str, Any]) -> Any:
+        return api.post("/locate", json={"site_id": site, **body}, headers=key)
+
+    assert locate({"wifi": wifi, "session_id": "h", "timestamp": 1000}).status_code == 200
+    # a window over 10 s whose streams have different lengths (each modality its own count)
+    steps = [[0.0, 0.0, 9.81 + 3.0 * math.sin(2 * math.pi * 2 * i / 10 - math.pi / 2)] for i in range(105)]
+    odd = [
+        {"rate_hz": 10, "accel": [[0.0, 0.0, 9.8]] * 101, "rotation": [[0.0, 0.0, 0.0, 1.0]]},
+        {"rate_hz": 10, "accel": [[0.0, 0.0, 9.8]] * 105, "mag": [[20.0, 0.0, -40.0]] * 105, "gyro": [[0.0] * 3] * 2},
+        {"rate_hz": 10, "accel": steps, "mag": [[20.0, 0.0, -40.0]] * 2},
+    ]
+    for i, window in enumerate(odd):
+        r = locate({"session_id": "h", "timestamp": 2000 + 1000 * i, "sensors": window})
+        assert r.status_code == 200, r.text
+        assert all(math.isfinite(r.json()[k]) for k in ("x", "y", "error_m"))
+    r = locate({"wifi": wifi, "session_id": "h", "timestamp": 9000})
+    assert r.status_code == 200, r.text
+    track = api.get("/sessions/h", headers=key).json()
+    assert len(track["points"]) == 5 and all(p["x"] is not None for p in track["points"] + track["smoothed"])
+    # a gap of years on the client clock: the next fix restarts the track at the fix, not a billion metres away
+    first = locate({"wifi": wifi, "session_id": "gap", "timestamp": 1})
+    far = locate({"wifi": wifi, "session_id": "gap", "timestamp": 10**15})
+    assert first.status_code == far.status_code == 200
+    assert math.hypot(far.json()["x"] - first.json()["x"], far.json()["y"] - first.json()["y"]) < 50
+    # timestamps beyond what a session keeps exactly; NaN sampling rates: named 422s
+    r = locate({"wifi": wifi, "session_id": "big", "timestamp": 2**53})
+    assert r.status_code == 422 and "2^53" in r.text
+    r = api.post(
+        "/locate",
+        content=f'{{"site_id": "{site}", "wifi": {json.dumps(wifi)}, "sensors": {{"rate_hz": NaN, "accel": [[0,0,9.8],[0,0,9.8]]}}}}',
+        headers={**key, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422 and "rate_hz" in r.text, r.text
+    # a session id with "/" can be read back
+    assert locate({"wifi": wifi, "session_id": "floor/walk", "timestamp": 1}).status_code == 200
+    r = api.get("/sessions/floor%2Fwalk", headers=key)
+    assert r.status_code == 200 and r.json()["session_id"] == "floor/walk", r.text
+    assert api.get("/sessions/floor/walk", headers=key).status_code == 200
+    # model versions beyond any id: 422, not a database overflow
+    r = api.get(f"/sites/{site}/models/99999999999999999999", headers=ADMIN)
+    assert r.status_code == 422, r.text
+
+
 def test_any_api_process_continues_a_session(api: Api) -> None:
     """Full mode keeps sessions in Redis: a second app (another API process) answers the next query."""
     from app.main import create_app

@@ -148,6 +148,30 @@ def test_floor_changes_after_consecutive_votes() -> None:
     assert floors[8:] == ["2"] * 4
 
 
+def test_a_long_gap_restarts_the_track_at_the_next_fix() -> None:
+    s, _ = step(None, seed=0, t_ms=0, sensors=None, fix=Fix(0.0, 0.0, "1", 3.0), scan_key="a")
+    s, e = step(s, seed=0, t_ms=10**15, sensors=None, fix=None, scan_key=None)  # years later, no fix
+    assert math.isfinite(e.x) and e.error_m < 1000  # the motion noise stops growing after max_gap_s
+    s, e = step(s, seed=0, t_ms=10**15 + 1000, sensors=None, fix=Fix(200.0, 50.0, "1", 3.0), scan_key="b")
+    assert math.hypot(e.x - 200.0, e.y - 50.0) < 10  # the walker may be anywhere: the fix restarts the cloud
+    s, e = step(s, seed=0, t_ms=10**15 + 2000, sensors=None, fix=Fix(201.0, 50.0, "1", 3.0), scan_key="c")
+    assert not s.lost and math.hypot(e.x - 201.0, e.y - 50.0) < 10
+
+
+def test_window_streams_of_different_lengths() -> None:
+    """Each modality has its own sample count (a 10.5 s window of accelerometer with one rotation sample, two
+    magnetometer or gyroscope samples): a finite displacement, never an exception or NaN."""
+    walk = np.array([[0.0, 0.0, 9.81 + 3.0 * math.sin(2 * math.pi * 2 * i / 10 - math.pi / 2)] for i in range(105)])
+    cases = [
+        SensorData(rate_hz=10.0, accel=walk, rotation=np.array([[0.0, 0.0, 0.0, 1.0]])),
+        SensorData(rate_hz=10.0, accel=walk, mag=np.tile([20.0, 0.0, -40.0], (105, 1)), gyro=np.zeros((2, 3))),
+        SensorData(rate_hz=10.0, accel=walk, mag=np.tile([20.0, 0.0, -40.0], (2, 1))),
+    ]
+    for sd in cases:
+        d = displacement(sd, MotionState())
+        assert math.isfinite(d.dx) and math.isfinite(d.dy) and d.steps > 0
+
+
 def test_first_query_needs_a_fix_and_motion_alone_continues() -> None:
     with pytest.raises(NoPosition):
         step(None, seed=0, t_ms=0, sensors=walk_window(0.0), fix=None, scan_key=None)
