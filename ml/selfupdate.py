@@ -44,7 +44,7 @@ import numpy as np
 from ml.data.features import FingerprintSet, build_set
 from ml.errors import InsufficientData, InvalidParams
 from ml.finetune import span as _span
-from ml.models.base import LocModel, ProgressFn, QueryBatch, no_progress
+from ml.models.base import LocModel, Prediction, ProgressFn, QueryBatch, no_progress
 from ml.models.wknn import WKNN
 from ml.params import check_types
 from ml.tracking.filter import Estimate, FilterConfig, Fix
@@ -53,6 +53,7 @@ from ml.tracking.replay import WalkQuery, replay, scan_key
 from ml.types import Fingerprint
 
 SINGLE_QUERY_LABELS = ("auto", "off", "self")
+GUARD_REFERENCES = ("active", "own", "both")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ class UpdateConfig:
     # The held-out walks' tracks the guard compares answers with: the active model's for both ("active": favours the
     # active model, hence the service's separate SITELOC_COTRAIN_TRAFFIC_TOLERANCE) or each model's own ("own": its
     # answers against a track made from its other answers and the phone's motion; on ILC site1 F3 it promoted a
-    # noisy-label update that made the later walks worse).
+    # noisy-label update that made the later walks worse) or both models' ("both": tracks made from the mean of the
+    # two models' answers, so that neither is favoured).
     guard_reference: str = "active"
     smoother: str = "blend"  # the whole-walk smoother behind the pseudo-labels: blend | rts | lsq (ml.tracking.smooth)
 
@@ -98,8 +100,8 @@ class UpdateConfig:
             raise InvalidParams("guard_fraction must be in [0, 1)")
         if cfg.max_label_error_m <= 0 or cfg.self_label_max_error_m <= 0 or cfg.label_noise_m < 0:
             raise InvalidParams("max_label_error_m and self_label_max_error_m must be > 0, label_noise_m >= 0")
-        if cfg.guard_reference not in ("active", "own"):
-            raise InvalidParams("guard_reference must be active or own")
+        if cfg.guard_reference not in GUARD_REFERENCES:
+            raise InvalidParams(f"guard_reference must be one of {GUARD_REFERENCES}")
         if cfg.smoother not in ("blend", "rts", "lsq"):
             raise InvalidParams("smoother must be one of blend, rts, lsq")
         if cfg.particles < 10 or cfg.particles > 5000:
@@ -149,13 +151,34 @@ def split_walks(walks: Sequence[Walk], cfg: UpdateConfig) -> tuple[list[Walk], l
     return usable[: len(usable) - n_guard], usable[len(usable) - n_guard :]
 
 
-def _answers(model: LocModel, fps: list[Fingerprint]) -> Any:
+@dataclass
+class Pair:
+    """Two models answering together: the guard's shared reference (`guard_reference: "both"`). Where they agree on
+    the floor, the mean of their positions with the larger of their error estimates (at least half the distance
+    between them); elsewhere the first model's answer."""
+
+    first: LocModel
+    second: LocModel
+
+
+def _answers(model: LocModel | Pair, fps: list[Fingerprint]) -> Prediction:
+    if isinstance(model, Pair):
+        a, b = _answers(model.first, fps), _answers(model.second, fps)
+        same = np.array([str(x) == str(y) for x, y in zip(a.floor, b.floor, strict=True)], dtype=bool)
+        gap = np.hypot(*(a.xy - b.xy).T)
+        err = np.maximum(np.maximum(a.error_m, b.error_m), gap / 2)
+        return Prediction(
+            xy=np.where(same[:, None], (a.xy + b.xy) / 2, a.xy),
+            floor=a.floor,
+            building=a.building,
+            error_m=np.where(same, err, a.error_m),
+        )
     fs = build_set(fps, aps=model.aps)
     return model.predict(QueryBatch.from_set(fs))
 
 
 def track(
-    model: LocModel,
+    model: LocModel | Pair,
     walks: Sequence[Walk],
     plans: dict[str, Walkable] | None,
     cfg: UpdateConfig,

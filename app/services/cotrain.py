@@ -35,7 +35,17 @@ from ml.data.features import build_set
 from ml.errors import InvalidParams
 from ml.finetune import evaluate
 from ml.models import MODEL_NAMES, get_model_class
-from ml.selfupdate import Coverage, UpdateConfig, Walk, learn, split_walks, track, traffic_guard, traffic_score
+from ml.selfupdate import (
+    Coverage,
+    Pair,
+    UpdateConfig,
+    Walk,
+    learn,
+    split_walks,
+    track,
+    traffic_guard,
+    traffic_score,
+)
 from ml.serialize import dumps, loads
 from ml.types import Fingerprint
 
@@ -265,6 +275,10 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
     if cfg.guard_reference == "own":
         own = track(cand.served, guard_walks, plans, cfg, cross=True)
         traffic_after = traffic_score(cand.served, own, coverage)
+    elif cfg.guard_reference == "both":
+        shared = track(Pair(model, cand.served), guard_walks, plans, cfg, cross=True)
+        traffic_before = traffic_score(model, shared, coverage)
+        traffic_after = traffic_score(cand.served, shared, coverage)
     else:
         traffic_after = traffic_score(cand.served, tracked_guard, coverage)
     promote, reason = _judge(
