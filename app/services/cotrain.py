@@ -35,6 +35,7 @@ from ml.data.features import build_set
 from ml.errors import InvalidParams
 from ml.finetune import evaluate
 from ml.models import MODEL_NAMES, get_model_class
+from ml.params import check_types
 from ml.selfupdate import Coverage, UpdateConfig, Walk, learn, split_walks, track, traffic_guard, traffic_score
 from ml.serialize import dumps, loads
 from ml.types import Fingerprint
@@ -87,11 +88,13 @@ def _unused_session_queries(s: Session, site_id: str) -> int:
 
 def check_update_params(model: str, params: dict[str, Any]) -> tuple[UpdateConfig, dict[str, Any]]:
     """(the update's own settings, the model's co-training ones (itoloc)), both checked: before any job exists,
-    and again when it runs (the active model may have changed)."""
+    and again when it runs (the active model may have changed). The model's params come back as their settings
+    declare them (an integral float such as 10.0 for an int setting becomes 10)."""
     try:
         cfg, rest = UpdateConfig.split_params(params)
         if get_model_class(model).supports_cotrain:
             CotrainConfig.from_params(rest)
+            rest = check_types(CotrainConfig, rest, "co-training")
         elif rest:
             raise InvalidParams(
                 f"unknown update params for a {model} site: {sorted(rest)}; known: {sorted(UpdateConfig.names())}"
@@ -110,7 +113,10 @@ def request_cotrain(s: Session, *, site: Site, params: dict[str, Any]) -> Job:
         raise Conflict(f"site {site.id!r} has no active model to update; finetune one first")
     if active.model not in MODEL_NAMES:
         raise NotAvailable(f"site {site.id!r}'s active model {active.model} cannot be updated by this server")
-    cfg, _ = check_update_params(active.model, dict(params.get("params") or {}))
+    given = dict(params.get("params") or {})
+    cfg, rest = check_update_params(active.model, given)
+    # The job stores (and runs on) the checked values: {"particles": 10.0} is accepted as 10 and stored as 10.
+    params = {**params, "params": {k: rest[k] if k in rest else getattr(cfg, k) for k in given}}
     if unused_queries(s, site_id=site.id) == 0:
         raise Conflict(f"site {site.id!r} has no stored queries not yet used by an update; nothing to learn from")
     learns_from_singles = cfg.single_query_labels == "self" or (

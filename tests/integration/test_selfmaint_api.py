@@ -1,5 +1,6 @@
 """Self-maintenance through the API (both modes): a wknn site learns from its tracking sessions; the guard rejects a
-harmful update; the scheduler starts an update once enough session minutes have accrued."""
+harmful update; the scheduler starts an update once enough session minutes have accrued; update settings arrive as
+JSON numbers."""
 
 from __future__ import annotations
 
@@ -168,3 +169,30 @@ def test_a_session_id_reused_days_apart_counts_its_queries_not_the_days(api: Api
             assert unused_session_minutes(s, site_id=site) <= 20 * 10 / 60  # not a day
     finally:
         db.dispose()
+
+
+# -- settings arrive as JSON numbers ------------------------------------------------------------------------------
+
+
+def test_integer_settings_sent_as_floats_are_taken_as_ints(api: Api, world: sw.World) -> None:
+    """{"particles": 10.0} passed the check, then failed the job ("'float' object cannot be interpreted as an
+    integer"); wknn's {"k": 5.0} failed its finetune the same way. A job never fails on params its request passed."""
+    site = api.create_site("float ints")
+    api.upload(site, [fingerprint_to_json(fp) for fp in sw.survey(world)])
+    assert api.put(f"/sites/{site}/floors/0/plan", json=sw.PLAN, headers=ADMIN).status_code == 200
+    job = api.finetune(site, params={"k": 5.0, "max_tune_queries": 50.0})
+    assert job["state"] == "succeeded", job
+    _replay(api, site, sw.walks(world, 4, seed=6), "walk")
+    r = api.post(f"/sites/{site}/cotrain", json={"params": {"particles": 10.5}}, headers=ADMIN)
+    assert r.status_code == 422 and "particles must be int, not 10.5" in r.text, r.text
+    ints = {"particles": 50.0, "rounds": 1.0, "min_walk_queries": 5.0, "max_guard_walks": 1.0}
+    r = api.post(f"/sites/{site}/cotrain", json={"guard": False, "params": ints}, headers=ADMIN)
+    assert r.status_code == 202, r.text
+    job = api.wait_job(r.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    assert job["result"]["n_sessions_learned"] == 3 and job["result"]["n_sessions_guard"] == 1
+    training = next(v for v in api.get(f"/sites/{site}/models", headers=ADMIN).json() if v["source"] == "cotrain")[
+        "training"
+    ]
+    assert training["params"] == {k: int(v) for k, v in ints.items()}
+    assert all(type(training["params"][k]) is int for k in ints)
