@@ -146,6 +146,10 @@ class Query(Base):
     # The tracking session the query belonged to (client-chosen id, scoped by the key that opened it):
     # a session's queries, in time order, are one walk for self-maintenance updates.
     session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The API key that sent the query (api_keys.id, or "bootstrap"; migration 0005, NULL in older rows). A session
+    # is (key_id, session_id): two keys may use the same session id for different walks. No foreign key: the
+    # bootstrap key has no row, and the log outlives revoked keys.
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     __table_args__ = (
         Index("ix_queries_site_id_id", "site_id", "id"),
         Index("ix_queries_site_id_session_id", "site_id", "session_id"),

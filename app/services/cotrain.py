@@ -4,14 +4,17 @@ recent traffic (`ml.selfupdate` has the method: pseudo-labels from smoothed sess
 
 The survey (labeled) and the queries (unlabeled) never mix: queries carry no labels, pseudo-labels live only in
 the candidate, and the queries an update looked at are marked with its job, so each is used once (the walks
-held out to judge it stay unused, for the next update). One update per site at a time: a lease on the site row,
-renewed while the job runs, which a crashed worker's job stops renewing (so it expires and frees the site).
+held out to judge it stay unused, for the next update). A walk is one tracking session's queries: sessions are
+keyed by the API key that opened them and the client's session id, and so are the stored walks (`queries.key_id`).
+
+One update per site at a time: a lease on the site row, renewed while the job runs, which a crashed worker's job
+stops renewing (so it expires and frees the site).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,13 +67,14 @@ def _pending_job(s: Session, site_id: str) -> str | None:
 
 
 def unused_session_minutes(s: Session, *, site_id: str) -> float:
-    """Minutes of walking in the site's tracking sessions stored since the last update: per session, last minus
-    first timestamp of its unused queries, but at most 10 s per query (a query's sensor window covers at most 10 s),
-    so a session id reused days apart does not count the days between."""
+    """Minutes of walking in the site's tracking sessions stored since the last update: per session (the key that
+    sent it and its session id: two apps may use the same id), last minus first timestamp of its unused queries,
+    but at most 10 s per query (a query's sensor window covers at most 10 s), so a session id reused days apart
+    does not count the days between."""
     rows = s.execute(
         select(func.min(Query.client_timestamp), func.max(Query.client_timestamp), func.count())
         .where(Query.site_id == site_id, Query.used_by_job.is_(None), Query.session_id.is_not(None))
-        .group_by(Query.session_id)
+        .group_by(Query.key_id, Query.session_id)
     ).all()
     return sum(min(max(0, (hi or 0) - (lo or 0)), n * MAX_WINDOW_MS) for lo, hi, n in rows) / 60000.0
 
@@ -386,9 +390,10 @@ class _Pool:
 
 
 def _load_queries(s: Session, site_id: str, limit: int, gap_s: float) -> _Pool:
-    """The newest `limit` unused queries: session queries grouped into walks (one per session id, in timestamp
-    order, cut where the session fell silent for longer than the session TTL, i.e. expired and was reopened),
-    and the single queries."""
+    """The newest `limit` unused queries: session queries grouped into walks (one per session: the key that sent
+    it and its session id, as `/locate` keys live sessions; in timestamp order, cut where the session fell silent
+    for longer than the session TTL, i.e. expired and was reopened), and the single queries. Rows stored before
+    the query log recorded the key (no key_id) group by session id alone."""
     rows = s.execute(
         select(
             Query.id,
@@ -399,14 +404,15 @@ def _load_queries(s: Session, site_id: str, limit: int, gap_s: float) -> _Pool:
             Query.created_at,
             Query.session_id,
             Query.floor,
+            Query.key_id,
         )
         .where(Query.site_id == site_id, Query.used_by_job.is_(None))
         .order_by(Query.id.desc())
         .limit(limit)
     ).all()
-    by_session: dict[str, list[tuple[int, str, Fingerprint]]] = defaultdict(list)
+    by_session: dict[tuple[str | None, str], list[tuple[int, str, Fingerprint]]] = defaultdict(list)
     singles, single_ids = [], []
-    for qid, w, sens, d, t, c, sid, floor in reversed(rows):
+    for qid, w, sens, d, t, c, sid, floor, key_id in reversed(rows):
         ts = t if t is not None else int(c.timestamp() * 1000)
         fp = Fingerprint(
             wifi=wifi_from_db(w),
@@ -422,19 +428,24 @@ def _load_queries(s: Session, site_id: str, limit: int, gap_s: float) -> _Pool:
             singles.append(fp)
             single_ids.append(qid)
         else:
-            by_session[sid].append((ts, qid, fp))
+            by_session[(key_id, sid)].append((ts, qid, fp))
+    keys_per_id = Counter(sid for _, sid in by_session)
     walks = []
-    for sid, items in by_session.items():
+    for (key_id, sid), items in by_session.items():
+        # The walk's name (it seeds the replay's filter and names its pseudo-labels' path): the session id, and
+        # the key's id too where another key used the same session id (so walks of one key keep their old names,
+        # and a replay its old seed).
+        name = sid if keys_per_id[sid] == 1 else f"{sid}@{key_id or '-'}"
         items.sort(key=lambda r: (r[0], r[1]))
         part = 0
         cur: list[tuple[int, str, Fingerprint]] = []
         for item in items:
             if cur and item[0] - cur[-1][0] > gap_s * 1000:
-                walks.append(_walk(f"{sid}#{part}", cur))
+                walks.append(_walk(f"{name}#{part}", cur))
                 part, cur = part + 1, []
             cur.append(item)
         if cur:
-            walks.append(_walk(f"{sid}#{part}" if part else sid, cur))
+            walks.append(_walk(f"{name}#{part}" if part else name, cur))
     return _Pool([r[0] for r in rows], walks, singles, single_ids)
 
 

@@ -1,17 +1,20 @@
 """Self-maintenance through the API (both modes): a wknn site learns from its tracking sessions; the guard rejects a
-harmful update; the scheduler starts an update once enough session minutes have accrued; update settings arrive as
-JSON numbers."""
+harmful update; the scheduler starts an update once enough session minutes have accrued; walks are the keys'
+sessions; update settings arrive as JSON numbers."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import select, update
 
 from app.db import Database
-from app.services.cotrain import schedule_due_updates, unused_session_minutes
+from app.models import Query
+from app.services.cotrain import _load_queries, schedule_due_updates, unused_session_minutes
 from ml.data.jsonl import fingerprint_to_json
 from tests import synthetic_walks as sw
 from tests.integration.conftest import ADMIN, Api
@@ -167,6 +170,64 @@ def test_a_session_id_reused_days_apart_counts_its_queries_not_the_days(api: Api
     try:
         with db.session() as s:
             assert unused_session_minutes(s, site_id=site) <= 20 * 10 / 60  # not a day
+    finally:
+        db.dispose()
+
+
+# -- walks are the key's (issue: two apps' walks with the same session ids were merged) ---------------------------
+
+
+def _app_key(api: Api, site: str, name: str) -> tuple[str, dict[str, str]]:
+    r = api.post("/keys", json={"role": "app", "sites": [site], "name": name}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    return r.json()["id"], {"Authorization": f"Bearer {r.json()['key']}"}
+
+
+def test_two_apps_using_the_same_session_ids_are_four_walks(api: Api, world: sw.World) -> None:
+    """Keys A and B each send walks "walk-1" and "walk-2" (60 queries, 59 s, the same timestamps): four live
+    sessions, so four walks of ~4 minutes, not two interleaved ones."""
+    site = _site(api, "two apps", world)
+    t0 = 1_700_000_000_000
+    keys = {}
+    for k, name in enumerate(("app-a", "app-b")):
+        key_id, headers = _app_key(api, site, name)
+        keys[key_id] = name
+        for i in (1, 2):
+            walk = sw.walk(world, 5.0 + 10 * k, 4.0 + 6 * i, 60, t0 + i * 120_000)
+            r = api.post("/locate/batch", json={"queries": _walk_queries(site, walk, f"walk-{i}")}, headers=headers)
+            assert r.status_code == 200, r.text
+    db = Database(api.backend.database_url)
+    try:
+        with db.session() as s:
+            assert unused_session_minutes(s, site_id=site) == pytest.approx(4 * 59 / 60)  # was 2 x 59 / 60
+        r = api.post(f"/sites/{site}/cotrain", json={"guard": False, "params": {"guard_fraction": 0}}, headers=ADMIN)
+        assert r.status_code == 202, r.text
+        job = api.wait_job(r.json()["job_id"])
+        assert job["state"] == "succeeded", job
+        res = job["result"]
+        assert res["n_sessions"] == 4 and res["n_sessions_learned"] == 4, res  # was 2
+        assert res["session_minutes"] == pytest.approx(4 * 59 / 60, abs=0.01)  # was 1.97
+        with db.session() as s:  # the query log knows which key sent each query
+            by_key = Counter(s.execute(select(Query.key_id).where(Query.site_id == site)).scalars())
+            assert by_key == {key_id: 120 for key_id in keys}
+    finally:
+        db.dispose()
+
+
+def test_rows_without_a_key_still_group_by_session_id(api: Api, world: sw.World) -> None:
+    """Query-log rows stored before the key was recorded (key_id NULL) form walks by session id, as before."""
+    site = _site(api, "old rows", world)
+    walk = sw.walk(world, 10.0, 10.0, 20, 1_700_000_000_000)
+    r = api.post("/locate/batch", json={"queries": _walk_queries(site, walk, "old-walk")}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    db = Database(api.backend.database_url)
+    try:
+        with db.session() as s:
+            s.execute(update(Query).where(Query.site_id == site).values(key_id=None))
+        with db.session() as s:
+            assert unused_session_minutes(s, site_id=site) == pytest.approx(19 / 60)
+            pool = _load_queries(s, site, 10_000, 600.0)
+            assert [(w.key, len(w.ids)) for w in pool.walks] == [("old-walk", 20)]
     finally:
         db.dispose()
 
