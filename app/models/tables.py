@@ -25,6 +25,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+# The jobs that uq_jobs_one_pending_cotrain keeps to one per site.
+PENDING_COTRAIN = "kind = 'cotrain' AND state IN ('queued', 'running')"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -240,4 +244,15 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    __table_args__ = (Index("ix_jobs_state_heartbeat", "state", "heartbeat_at"),)
+    __table_args__ = (
+        Index("ix_jobs_state_heartbeat", "state", "heartbeat_at"),
+        # At most one co-training update queued or running per site, enforced by the database (migration 0006):
+        # concurrent requests, the scheduler and several API processes cannot both create one.
+        Index(
+            "uq_jobs_one_pending_cotrain",
+            "site_id",
+            unique=True,
+            sqlite_where=text(PENDING_COTRAIN),
+            postgresql_where=text(PENDING_COTRAIN),
+        ),
+    )

@@ -7,8 +7,10 @@ the candidate, and the queries an update looked at are marked with its job, so e
 held out to judge it stay unused, for the next update). A walk is one tracking session's queries: sessions are
 keyed by the API key that opened them and the client's session id, and so are the stored walks (`queries.key_id`).
 
-One update per site at a time: a lease on the site row, renewed while the job runs, which a crashed worker's job
-stops renewing (so it expires and frees the site).
+One update per site at a time: at most one queued or running cotrain job per site, enforced by the database (a
+partial unique index, so concurrent requests, API processes and the scheduler cannot both create one), and a lease
+on the site row, renewed while the job runs, which a crashed worker's job stops renewing (so it expires and frees
+the site).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from app.errors import Conflict, Invalid, JobFailed, NotAvailable
 from app.models import Job, ModelVersion, Query, Site
 from app.schemas.common import MAX_WINDOW_S
 from app.services.codec import unpack_sensors, wifi_from_db
-from app.services.jobs import JobContext, ProgressReporter, create_job, finish_job
+from app.services.jobs import JobContext, ProgressReporter, create_job_unless_pending, finish_job
 from app.services.plans import site_walkables
 from app.services.registry import activate, publish_version
 from app.services.surveys import load_training_rows
@@ -132,10 +134,16 @@ def request_cotrain(s: Session, *, site: Site, params: dict[str, Any]) -> Job:
             "(/locate queries with a session_id), and none were stored since the last update. Send session "
             'queries, or set params {"single_query_labels": "self"} to learn from single queries\' own answers'
         )
-    pending = _pending_job(s, site.id)
-    if pending is not None:
-        raise Conflict(f"an update of site {site.id!r} is already queued or running (job {pending})")
-    return create_job(s, kind="cotrain", site_id=site.id, params=params)
+    site_id = site.id
+    pending = _pending_job(s, site_id)
+    if pending is None:
+        # The check above is for the message; the database decides (uq_jobs_one_pending_cotrain): a concurrent
+        # request (another thread or API process) may have created one since.
+        job = create_job_unless_pending(s, kind="cotrain", site_id=site_id, params=params)
+        if job is not None:
+            return job
+        pending = _pending_job(s, site_id)
+    raise Conflict(f"an update of site {site_id!r} is already queued or running (job {pending})")
 
 
 def schedule_due_updates(s: Session, *, settings: Settings) -> list[str]:
@@ -152,7 +160,9 @@ def schedule_due_updates(s: Session, *, settings: Settings) -> list[str]:
         if not due and get_model_class(model).supports_cotrain:
             due = unused_queries(s, site_id=site_id) >= settings.cotrain_min_new_queries
         if due:
-            created.append(create_job(s, kind="cotrain", site_id=site_id, params={"scheduled": True}).id)
+            job = create_job_unless_pending(s, kind="cotrain", site_id=site_id, params={"scheduled": True})
+            if job is not None:  # else a request (or another scheduler) created one meanwhile
+                created.append(job.id)
     return created
 
 

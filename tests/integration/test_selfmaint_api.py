@@ -1,9 +1,10 @@
 """Self-maintenance through the API (both modes): a wknn site learns from its tracking sessions; the guard rejects a
 harmful update; the scheduler starts an update once enough session minutes have accrued; walks are the keys'
-sessions; update settings arrive as JSON numbers."""
+sessions; one update per site, also under concurrent requests; update settings arrive as JSON numbers."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -13,8 +14,9 @@ import pytest
 from sqlalchemy import select, update
 
 from app.db import Database
-from app.models import Query
-from app.services.cotrain import _load_queries, schedule_due_updates, unused_session_minutes
+from app.errors import Conflict
+from app.models import Job, Query, Site
+from app.services.cotrain import _load_queries, request_cotrain, schedule_due_updates, unused_session_minutes
 from ml.data.jsonl import fingerprint_to_json
 from tests import synthetic_walks as sw
 from tests.integration.conftest import ADMIN, Api
@@ -230,6 +232,81 @@ def test_rows_without_a_key_still_group_by_session_id(api: Api, world: sw.World)
             assert [(w.key, len(w.ids)) for w in pool.walks] == [("old-walk", 20)]
     finally:
         db.dispose()
+
+
+# -- one update per site, also under concurrent requests --------------------------------------------------------
+
+
+def _pending_updates(api: Api, site: str) -> list[str]:
+    db = Database(api.backend.database_url)
+    try:
+        with db.session() as s:
+            pending = Job.state.in_(("queued", "running"))
+            return list(s.scalars(select(Job.id).where(Job.site_id == site, Job.kind == "cotrain", pending)))
+    finally:
+        db.dispose()
+
+
+def test_concurrent_update_requests_start_exactly_one(api: Api, world: sw.World) -> None:
+    """8 threads POST /sites/{id}/cotrain at once: one 202, seven 409 (each request checked for a pending job,
+    then created one, with nothing in between: two or three of them got 202 and both versions were promoted)."""
+    site = _site(api, "concurrent updates", world)
+    _replay(api, site, sw.walks(world, 4, seed=3), "walk")
+    n = 8
+    barrier = threading.Barrier(n)
+    answers: list[Any] = [None] * n
+
+    def post(i: int) -> None:
+        barrier.wait()
+        answers[i] = api.post(f"/sites/{site}/cotrain", json={"guard": False}, headers=ADMIN)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [202] + [409] * (n - 1), [r.text for r in answers]
+    job_id = next(r.json()["job_id"] for r in answers if r.status_code == 202)
+    assert all(job_id in r.json()["detail"] for r in answers if r.status_code == 409)
+    job = api.wait_job(job_id)
+    assert job["state"] == "succeeded", job
+    cotrained = [v for v in api.get(f"/sites/{site}/models", headers=ADMIN).json() if v["source"] == "cotrain"]
+    assert len(cotrained) == 1
+
+
+def test_the_database_keeps_one_pending_update_per_site(api: Api, world: sw.World) -> None:
+    """The race made certain: request A has created its job but not committed when request B checks for a pending
+    one (and sees none); B's insert must still lose, with the same 409, on SQLite and PostgreSQL alike."""
+    site = _site(api, "one pending update", world)
+    _replay(api, site, sw.walks(world, 2, seed=4), "walk")
+    db = Database(api.backend.database_url)
+    outcome: list[Any] = []
+
+    def request_b() -> None:
+        with db.sessionmaker() as s:
+            try:
+                job = request_cotrain(s, site=s.get(Site, site), params={"guard": False})
+                s.commit()
+                outcome.append(job.id)
+            except Conflict as exc:
+                outcome.append(exc)
+
+    try:
+        with db.sessionmaker() as a:
+            job_a = request_cotrain(a, site=a.get(Site, site), params={"guard": False})  # inserted, not committed
+            b = threading.Thread(target=request_b)
+            b.start()
+            b.join(timeout=1.0)  # without the unique index, B has created a second job by now
+            a.commit()
+        b.join(timeout=60)
+        assert len(outcome) == 1 and isinstance(outcome[0], Conflict), outcome
+        assert job_a.id in str(outcome[0])
+        assert _pending_updates(api, site) == [job_a.id]
+    finally:
+        db.dispose()
+    api.app.state.runtime.dispatcher.enqueue(job_a.id)
+    assert api.wait_job(job_a.id)["state"] == "succeeded"
 
 
 # -- settings arrive as JSON numbers ------------------------------------------------------------------------------
