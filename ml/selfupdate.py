@@ -89,10 +89,10 @@ class UpdateConfig:
 
     @classmethod
     def split_params(cls, params: dict[str, Any]) -> tuple[UpdateConfig, dict[str, Any]]:
-        """(this config, the rest: the model's own co-training params, checked by the model)."""
+        """(this config, the rest: the model's own co-training params, checked by the model). An integral float
+        for an int setting (`particles`, `rounds`, ...) is taken as that int."""
         names = cls.names()
-        mine = {k: v for k, v in params.items() if k in names}
-        check_types(cls, mine, "update")
+        mine = check_types(cls, {k: v for k, v in params.items() if k in names}, "update")
         cfg = replace(cls(), **mine)
         if cfg.single_query_labels not in SINGLE_QUERY_LABELS:
             raise InvalidParams(f"single_query_labels must be one of {SINGLE_QUERY_LABELS}")

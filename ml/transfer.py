@@ -92,7 +92,7 @@ def split_params(params: Mapping[str, Any] | None) -> AllParams:
         groups[owner][key] = tuple(value) if isinstance(value, list) else value
     net = FPNetParams.parse(groups[FPNetParams])
     for cls, what in ((EncoderConfig, "encoder"), (MstaConfig, "msta"), (TransferConfig, "transfer")):
-        check_types(cls, groups[cls], what)
+        groups[cls] = check_types(cls, groups[cls], what)  # integral floats for int settings become ints
     msta = replace(MstaConfig(), **groups[MstaConfig])
     if len(msta.lambdas) != 4 or min(msta.lambdas) < 0 or sum(msta.lambdas) <= 0:
         raise InvalidParams("lambdas must be 4 non-negative weights (J_MAE, J_Sim, J_MI, J_FI), not all 0")

@@ -37,7 +37,10 @@ def cotrain(site: SiteDep, s: SessionDep, rt: RuntimeDep, body: CotrainIn | None
     The result is a new version: `active` if it is worse neither on the survey holdout nor on the held-out recent
     walks than the current one (beyond SITELOC_COTRAIN_TOLERANCE), else `rejected` with the reason (see GET
     /sites/{id}/models). 409 when there is nothing to learn from (no unused queries; for models other than
-    `itoloc`, no unused session queries) or an update is already running.
+    `itoloc`, no unused session queries) or an update of the site is already queued or running (one at a time, also
+    under concurrent requests: the database keeps one). A walk is one key's tracking session: two apps that use the
+    same `session_id` are two walks. `params` are checked before the job is queued (422 naming the bad one); an
+    integral number for an integer setting (500.0) is taken as that integer.
     """
     body = body or CotrainIn()
     job = request_cotrain(s, site=site, params=body.model_dump(mode="json"))

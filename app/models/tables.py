@@ -25,6 +25,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+# The jobs that uq_jobs_one_pending_cotrain keeps to one per site.
+PENDING_COTRAIN = "kind = 'cotrain' AND state IN ('queued', 'running')"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -146,6 +150,10 @@ class Query(Base):
     # The tracking session the query belonged to (client-chosen id, scoped by the key that opened it):
     # a session's queries, in time order, are one walk for self-maintenance updates.
     session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The API key that sent the query (api_keys.id, or "bootstrap"; migration 0005, NULL in older rows). A session
+    # is (key_id, session_id): two keys may use the same session id for different walks. No foreign key: the
+    # bootstrap key has no row, and the log outlives revoked keys.
+    key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     __table_args__ = (
         Index("ix_queries_site_id_id", "site_id", "id"),
         Index("ix_queries_site_id_session_id", "site_id", "session_id"),
@@ -236,4 +244,15 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    __table_args__ = (Index("ix_jobs_state_heartbeat", "state", "heartbeat_at"),)
+    __table_args__ = (
+        Index("ix_jobs_state_heartbeat", "state", "heartbeat_at"),
+        # At most one co-training update queued or running per site, enforced by the database (migration 0006):
+        # concurrent requests, the scheduler and several API processes cannot both create one.
+        Index(
+            "uq_jobs_one_pending_cotrain",
+            "site_id",
+            unique=True,
+            sqlite_where=text(PENDING_COTRAIN),
+            postgresql_where=text(PENDING_COTRAIN),
+        ),
+    )

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from app.schemas.common import (
     FingerprintIn,
+    FiniteParams,
     Label,
     Millis,
     NoNul,
@@ -84,7 +85,11 @@ class FinetuneIn(BaseModel):
         default=None, gt=0, le=1, description="Use this fraction of the training paths (a seeded subset); default all"
     )
     seed: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
-    params: dict[str, Any] = Field(default_factory=dict, description="Model-specific settings overriding defaults")
+    params: FiniteParams = Field(
+        default_factory=dict,
+        description="Model-specific settings overriding defaults. Finite numbers only; an integral number for an "
+        "integer setting (k: 5.0) is taken as that integer",
+    )
 
 
 class CotrainIn(BaseModel):
@@ -95,10 +100,11 @@ class CotrainIn(BaseModel):
         "recent walks than the active version (beyond SITELOC_COTRAIN_TOLERANCE). false = promote anyway",
     )
     seed: StrictInt = Field(default=0, ge=0, le=2**31 - 1)
-    params: dict[str, Any] = Field(
+    params: FiniteParams = Field(
         default_factory=dict,
         description="Update settings overriding defaults (ml/selfupdate.py UpdateConfig, e.g. max_label_error_m, "
-        "guard_fraction, single_query_labels; for itoloc also ml/cotrain.py CotrainConfig)",
+        "guard_fraction, single_query_labels; for itoloc also ml/cotrain.py CotrainConfig). Finite numbers only; "
+        "an integral number for an integer setting (particles: 500.0) is taken as that integer",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -39,6 +40,29 @@ Text = Annotated[str, Field(max_length=TEXT_MAX), NoNul]
 Millis = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True)]
 # Integer fields that must not take a JSON boolean (true is not 1).
 StrictInt = Annotated[int, Field(strict=True)]
+
+
+def _finite_params(params: dict[str, Any]) -> dict[str, Any]:
+    # The typed float fields of the API refuse NaN and Infinity themselves (allow_inf_nan=False, issue 19); a free
+    # settings dict ({"params": {...}}) takes any JSON value, and model_dump(mode="json") would turn NaN into null,
+    # which the settings check then reports as "must be float, not None". Refused here, by name.
+    def walk(v: Any, where: str) -> None:
+        if isinstance(v, float) and not math.isfinite(v):
+            spelled = "NaN" if math.isnan(v) else "Infinity" if v > 0 else "-Infinity"  # as JSON spells them
+            raise ValueError(f"{where} must be a finite number, not {spelled}")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(x, f"{where}.{k}" if where else str(k))
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                walk(x, f"{where}[{i}]")
+
+    walk(params, "")
+    return params
+
+
+# A free-form settings dict (finetune and cotrain `params`): any JSON value, but no NaN or Infinity in it.
+FiniteParams = Annotated[dict[str, Any], AfterValidator(_finite_params)]
 
 
 def _aware(d: datetime) -> datetime:

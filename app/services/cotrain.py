@@ -4,14 +4,19 @@ recent traffic (`ml.selfupdate` has the method: pseudo-labels from smoothed sess
 
 The survey (labeled) and the queries (unlabeled) never mix: queries carry no labels, pseudo-labels live only in
 the candidate, and the queries an update looked at are marked with its job, so each is used once (the walks
-held out to judge it stay unused, for the next update). One update per site at a time: a lease on the site row,
-renewed while the job runs, which a crashed worker's job stops renewing (so it expires and frees the site).
+held out to judge it stay unused, for the next update). A walk is one tracking session's queries: sessions are
+keyed by the API key that opened them and the client's session id, and so are the stored walks (`queries.key_id`).
+
+One update per site at a time: at most one queued or running cotrain job per site, enforced by the database (a
+partial unique index, so concurrent requests, API processes and the scheduler cannot both create one), and a lease
+on the site row, renewed while the job runs, which a crashed worker's job stops renewing (so it expires and frees
+the site).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +31,7 @@ from app.errors import Conflict, Invalid, JobFailed, NotAvailable
 from app.models import Job, ModelVersion, Query, Site
 from app.schemas.common import MAX_WINDOW_S
 from app.services.codec import unpack_sensors, wifi_from_db
-from app.services.jobs import JobContext, ProgressReporter, create_job, finish_job
+from app.services.jobs import JobContext, ProgressReporter, create_job_unless_pending, finish_job
 from app.services.plans import site_walkables
 from app.services.registry import activate, publish_version
 from app.services.surveys import load_training_rows
@@ -35,6 +40,7 @@ from ml.data.features import build_set
 from ml.errors import InvalidParams
 from ml.finetune import evaluate
 from ml.models import MODEL_NAMES, get_model_class
+from ml.params import check_types
 from ml.selfupdate import (
     Coverage,
     Pair,
@@ -73,13 +79,14 @@ def _pending_job(s: Session, site_id: str) -> str | None:
 
 
 def unused_session_minutes(s: Session, *, site_id: str) -> float:
-    """Minutes of walking in the site's tracking sessions stored since the last update: per session, last minus
-    first timestamp of its unused queries, but at most 10 s per query (a query's sensor window covers at most 10 s),
-    so a session id reused days apart does not count the days between."""
+    """Minutes of walking in the site's tracking sessions stored since the last update: per session (the key that
+    sent it and its session id: two apps may use the same id), last minus first timestamp of its unused queries,
+    but at most 10 s per query (a query's sensor window covers at most 10 s), so a session id reused days apart
+    does not count the days between."""
     rows = s.execute(
         select(func.min(Query.client_timestamp), func.max(Query.client_timestamp), func.count())
         .where(Query.site_id == site_id, Query.used_by_job.is_(None), Query.session_id.is_not(None))
-        .group_by(Query.session_id)
+        .group_by(Query.key_id, Query.session_id)
     ).all()
     return sum(min(max(0, (hi or 0) - (lo or 0)), n * MAX_WINDOW_MS) for lo, hi, n in rows) / 60000.0
 
@@ -97,11 +104,13 @@ def _unused_session_queries(s: Session, site_id: str) -> int:
 
 def check_update_params(model: str, params: dict[str, Any]) -> tuple[UpdateConfig, dict[str, Any]]:
     """(the update's own settings, the model's co-training ones (itoloc)), both checked: before any job exists,
-    and again when it runs (the active model may have changed)."""
+    and again when it runs (the active model may have changed). The model's params come back as their settings
+    declare them (an integral float such as 10.0 for an int setting becomes 10)."""
     try:
         cfg, rest = UpdateConfig.split_params(params)
         if get_model_class(model).supports_cotrain:
             CotrainConfig.from_params(rest)
+            rest = check_types(CotrainConfig, rest, "co-training")
         elif rest:
             raise InvalidParams(
                 f"unknown update params for a {model} site: {sorted(rest)}; known: {sorted(UpdateConfig.names())}"
@@ -120,7 +129,10 @@ def request_cotrain(s: Session, *, site: Site, params: dict[str, Any]) -> Job:
         raise Conflict(f"site {site.id!r} has no active model to update; finetune one first")
     if active.model not in MODEL_NAMES:
         raise NotAvailable(f"site {site.id!r}'s active model {active.model} cannot be updated by this server")
-    cfg, _ = check_update_params(active.model, dict(params.get("params") or {}))
+    given = dict(params.get("params") or {})
+    cfg, rest = check_update_params(active.model, given)
+    # The job stores (and runs on) the checked values: {"particles": 10.0} is accepted as 10 and stored as 10.
+    params = {**params, "params": {k: rest[k] if k in rest else getattr(cfg, k) for k in given}}
     if unused_queries(s, site_id=site.id) == 0:
         raise Conflict(f"site {site.id!r} has no stored queries not yet used by an update; nothing to learn from")
     learns_from_singles = cfg.single_query_labels == "self" or (
@@ -132,10 +144,16 @@ def request_cotrain(s: Session, *, site: Site, params: dict[str, Any]) -> Job:
             "(/locate queries with a session_id), and none were stored since the last update. Send session "
             'queries, or set params {"single_query_labels": "self"} to learn from single queries\' own answers'
         )
-    pending = _pending_job(s, site.id)
-    if pending is not None:
-        raise Conflict(f"an update of site {site.id!r} is already queued or running (job {pending})")
-    return create_job(s, kind="cotrain", site_id=site.id, params=params)
+    site_id = site.id
+    pending = _pending_job(s, site_id)
+    if pending is None:
+        # The check above is for the message; the database decides (uq_jobs_one_pending_cotrain): a concurrent
+        # request (another thread or API process) may have created one since.
+        job = create_job_unless_pending(s, kind="cotrain", site_id=site_id, params=params)
+        if job is not None:
+            return job
+        pending = _pending_job(s, site_id)
+    raise Conflict(f"an update of site {site_id!r} is already queued or running (job {pending})")
 
 
 def schedule_due_updates(s: Session, *, settings: Settings) -> list[str]:
@@ -152,7 +170,9 @@ def schedule_due_updates(s: Session, *, settings: Settings) -> list[str]:
         if not due and get_model_class(model).supports_cotrain:
             due = unused_queries(s, site_id=site_id) >= settings.cotrain_min_new_queries
         if due:
-            created.append(create_job(s, kind="cotrain", site_id=site_id, params={"scheduled": True}).id)
+            job = create_job_unless_pending(s, kind="cotrain", site_id=site_id, params={"scheduled": True})
+            if job is not None:  # else a request (or another scheduler) created one meanwhile
+                created.append(job.id)
     return created
 
 
@@ -394,9 +414,10 @@ class _Pool:
 
 
 def _load_queries(s: Session, site_id: str, limit: int, gap_s: float) -> _Pool:
-    """The newest `limit` unused queries: session queries grouped into walks (one per session id, in timestamp
-    order, cut where the session fell silent for longer than the session TTL, i.e. expired and was reopened),
-    and the single queries."""
+    """The newest `limit` unused queries: session queries grouped into walks (one per session: the key that sent
+    it and its session id, as `/locate` keys live sessions; in timestamp order, cut where the session fell silent
+    for longer than the session TTL, i.e. expired and was reopened), and the single queries. Rows stored before
+    the query log recorded the key (no key_id) group by session id alone."""
     rows = s.execute(
         select(
             Query.id,
@@ -407,14 +428,15 @@ def _load_queries(s: Session, site_id: str, limit: int, gap_s: float) -> _Pool:
             Query.created_at,
             Query.session_id,
             Query.floor,
+            Query.key_id,
         )
         .where(Query.site_id == site_id, Query.used_by_job.is_(None))
         .order_by(Query.id.desc())
         .limit(limit)
     ).all()
-    by_session: dict[str, list[tuple[int, str, Fingerprint]]] = defaultdict(list)
+    by_session: dict[tuple[str | None, str], list[tuple[int, str, Fingerprint]]] = defaultdict(list)
     singles, single_ids = [], []
-    for qid, w, sens, d, t, c, sid, floor in reversed(rows):
+    for qid, w, sens, d, t, c, sid, floor, key_id in reversed(rows):
         ts = t if t is not None else int(c.timestamp() * 1000)
         fp = Fingerprint(
             wifi=wifi_from_db(w),
@@ -430,19 +452,24 @@ def _load_queries(s: Session, site_id: str, limit: int, gap_s: float) -> _Pool:
             singles.append(fp)
             single_ids.append(qid)
         else:
-            by_session[sid].append((ts, qid, fp))
+            by_session[(key_id, sid)].append((ts, qid, fp))
+    keys_per_id = Counter(sid for _, sid in by_session)
     walks = []
-    for sid, items in by_session.items():
+    for (key_id, sid), items in by_session.items():
+        # The walk's name (it seeds the replay's filter and names its pseudo-labels' path): the session id, and
+        # the key's id too where another key used the same session id (so walks of one key keep their old names,
+        # and a replay its old seed).
+        name = sid if keys_per_id[sid] == 1 else f"{sid}@{key_id or '-'}"
         items.sort(key=lambda r: (r[0], r[1]))
         part = 0
         cur: list[tuple[int, str, Fingerprint]] = []
         for item in items:
             if cur and item[0] - cur[-1][0] > gap_s * 1000:
-                walks.append(_walk(f"{sid}#{part}", cur))
+                walks.append(_walk(f"{name}#{part}", cur))
                 part, cur = part + 1, []
             cur.append(item)
         if cur:
-            walks.append(_walk(f"{sid}#{part}" if part else sid, cur))
+            walks.append(_walk(f"{name}#{part}" if part else name, cur))
     return _Pool([r[0] for r in rows], walks, singles, single_ids)
 
 

@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -59,6 +61,38 @@ def create_job(s: Session, *, kind: str, site_id: str | None, params: dict[str, 
     s.add(job)
     s.flush()
     return job
+
+
+def create_job_unless_pending(s: Session, *, kind: str, site_id: str, params: dict[str, Any]) -> Job | None:
+    """`create_job` for a kind that the database keeps to one queued or running job per site (a partial unique
+    index: `uq_jobs_one_pending_cotrain`); None when the site already has one, committed or being inserted by a
+    concurrent transaction.
+
+    Race-free across threads and API processes: one `INSERT ... ON CONFLICT DO NOTHING` (PostgreSQL waits for the
+    concurrent insert's transaction and then skips; SQLite has one writer at a time). Nothing is raised, so the
+    transaction stays usable: the scheduler goes on with its next site."""
+    job_id = new_id()
+    values = {
+        "id": job_id,
+        "kind": kind,
+        "site_id": site_id,
+        "state": "queued",
+        "progress": 0.0,
+        "message": "queued",
+        "params": params,
+        "heartbeat_at": datetime.now(UTC),
+    }
+    dialect = s.get_bind().dialect.name
+    stmt: Any
+    if dialect == "postgresql":
+        stmt = pg_insert(Job).values(**values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite_insert(Job).values(**values).on_conflict_do_nothing()
+    else:
+        raise NotImplementedError(f"one pending job per site is enforced on SQLite and PostgreSQL, not {dialect}")
+    if not _rowcount(s.execute(stmt)):
+        return None
+    return s.get(Job, job_id)
 
 
 def commit_and_enqueue(s: Session, *, job: Job, enqueue: Callable[[str], None]) -> str:

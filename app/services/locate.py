@@ -70,7 +70,7 @@ class Locator:
             assert self._sessions is not None
             self._sessions.check(queries, [p.model.site_id for p in prepared], principal.key_id)
         preds = await self._infer(prepared)
-        outs, rows = self._answers(prepared, preds)
+        outs, rows = self._answers(prepared, preds, principal.key_id)
         pending = None
         if tracked:  # in memory first: a request that fails below leaves its sessions as they were
             assert self._sessions is not None
@@ -233,8 +233,10 @@ class Locator:
 
     @staticmethod
     def _answers(
-        prepared: list[_Prepared], preds: list[tuple[Prediction, int]]
+        prepared: list[_Prepared], preds: list[tuple[Prediction, int]], key_id: str
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(answers, their query-log rows); a row records the key that sent the query (`key_id`): a tracking
+        session is the key's, so self-maintenance groups a session's stored queries by (key_id, session_id)."""
         outs: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         for p, (pred, k) in zip(prepared, preds, strict=True):
@@ -268,6 +270,7 @@ class Locator:
                     "error_m": out["error_m"],
                     "model_name": lm.name,
                     "model_version": lm.version,
+                    "key_id": key_id,
                 }
             )
             if out["building"] is None:

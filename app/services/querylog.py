@@ -46,7 +46,7 @@ _STOP = object()
 _INSERT = cast(Table, Query.__table__).insert()
 _SITES = cast(Table, Site.__table__)
 _COUNT = update(_SITES).where(_SITES.c.id == bindparam("site")).values(n_queries=_SITES.c.n_queries + bindparam("k"))
-_ROW_KEYS = ("session_id",)  # optional in a row; every row of one INSERT must name the same columns
+_ROW_KEYS = ("session_id", "key_id")  # optional in a row; every row of one INSERT must name the same columns
 
 
 class QueryWriter:

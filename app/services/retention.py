@@ -6,8 +6,12 @@ chunks of `chunk` rows per transaction so a delete never holds locks for long. Q
 (16 hex digits of nanoseconds first), so "older than T" is a range of the primary key: no extra index.
 
 Never deleted: the not-yet-used queries of a site with a co-training update queued or running (it reads the
-newest unused queries of its site when it starts, and must find what made it due). Queries an update has
-already used may go, like any other, once they are old enough.
+newest unused queries of its site when it starts, and must find what made it due), whichever key's tracking
+session they belong to (an update's walks are grouped by key and session id, its pool is the site's). Queries an
+update has already used may go, like any other, once they are old enough. The DELETE itself re-checks that
+condition, so an update queued between a chunk's SELECT and its DELETE keeps its queries (SQLite runs one writer
+at a time, so there it is exact; on PostgreSQL an update committed while that one statement runs is not seen by
+it).
 """
 
 from __future__ import annotations
@@ -47,10 +51,15 @@ def delete_expired_queries(
             rows = s.execute(select(Query.id, Query.site_id).where(deletable).order_by(Query.id).limit(chunk)).all()
             if not rows:
                 break
-            s.execute(delete(Query).where(Query.id.in_([r[0] for r in rows])))
-            for site_id, k in sorted(Counter(r[1] for r in rows).items()):  # same lock order as the query writer
+            gone = s.execute(
+                delete(Query)
+                .where(Query.id.in_([r[0] for r in rows]), deletable)
+                .returning(Query.site_id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            for site_id, k in sorted(Counter(r[0] for r in gone).items()):  # same lock order as the query writer
                 s.execute(update(Site).where(Site.id == site_id).values(n_queries=Site.n_queries - k))
-        total += len(rows)
+        total += len(gone)
         if len(rows) < chunk:
             break
     if total:

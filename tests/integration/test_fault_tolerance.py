@@ -77,6 +77,20 @@ def test_non_finite_numbers_are_422_everywhere(api: Api, site: str, value: str) 
         assert r.json()["errors"], (path, r.text)
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e309"])
+def test_non_finite_numbers_in_params_are_422_naming_the_setting(api: Api, site: str, value: str) -> None:
+    """`params` takes any JSON value, so the typed fields' check does not cover it; model_dump(mode="json") turned
+    NaN into null and the settings check answered "must be float, not None"."""
+    bodies = {
+        f"/sites/{site}/cotrain": (f'{{"params":{{"max_label_error_m":{value}}}}}', "max_label_error_m"),
+        f"/sites/{site}/finetune": (f'{{"model":"dnn","params":{{"lambdas":[1,{value},1,1]}}}}', "lambdas[1]"),
+    }
+    for path, (body, name) in bodies.items():
+        r = api.post(path, content=body.encode(), headers=JSON)
+        _assert_error_shape(r, 422, f"{name} must be a finite number")
+        assert "None" not in r.json()["detail"], r.text
+
+
 # -- 2. integers outside 64 bits --------------------------------------------------------------------------------
 
 

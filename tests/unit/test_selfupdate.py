@@ -147,6 +147,46 @@ def test_bad_update_params_are_named(params: dict, needle: str) -> None:
     assert cfg.rounds == 1 and rest == {"sigma": 0.5}
 
 
+def test_integral_floats_for_int_update_settings_are_ints(corridor: dict) -> None:
+    """{"particles": 10.0} (JSON numbers often arrive so) passed the check but reached the filter as a float
+    ("'float' object cannot be interpreted as an integer" in the job): the checked settings carry ints."""
+    given = {"particles": 10.0, "rounds": 1.0, "min_walk_queries": 5.0, "max_guard_walks": np.int64(3), "sigma": 0.5}
+    cfg, rest = UpdateConfig.split_params(given)
+    for name, want in (("particles", 10), ("rounds", 1), ("min_walk_queries", 5), ("max_guard_walks", 3)):
+        assert getattr(cfg, name) == want and type(getattr(cfg, name)) is int, name
+    assert rest == {"sigma": 0.5}
+    assert type(UpdateConfig.split_params({"max_label_error_m": 12})[0].max_label_error_m) is int  # a float field
+    with pytest.raises(InvalidParams, match=r"particles must be int, not 10\.5"):
+        UpdateConfig.split_params({"particles": 10.5})
+    tracked = track(corridor["model"], _as_walks(sw.walks(corridor["world"], 1)), corridor["plans"], cfg)
+    assert len(tracked) == 1 and any(e is not None for e in tracked[0].track)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_update_settings_are_named_as_such(value: float) -> None:
+    with pytest.raises(InvalidParams, match="max_label_error_m must be a finite number"):
+        UpdateConfig.split_params({"max_label_error_m": value})
+    with pytest.raises(InvalidParams, match="particles must be a finite number"):
+        UpdateConfig.split_params({"particles": value})
+
+
+def test_every_models_int_settings_take_integral_floats() -> None:
+    """The same check (`ml.params`) reads finetune params: {"k": 5.0} for wknn failed inside the fit."""
+    from ml.cotrain import CotrainConfig
+    from ml.models.fpmodel import FPNetParams
+    from ml.models.mtloc import MTLocConfig
+    from ml.models.wknn import WKNNParams
+    from ml.transfer import split_params
+
+    w, _ = WKNNParams.parse({"k": 5.0, "max_tune_queries": 50.0})
+    assert (w.k, w.max_tune_queries) == (5, 50) and type(w.k) is int and type(w.max_tune_queries) is int
+    assert type(FPNetParams.parse({"hidden": 16.0}).hidden) is int
+    assert type(MTLocConfig.parse({"steps": 4.0}).steps) is int
+    assert type(CotrainConfig.from_params({"max_rounds": 2.0}).max_rounds) is int
+    ap = split_params({"hidden": 16.0, "noise_dim": 8.0, "freeze_epochs": 3.0})
+    assert type(ap.net.hidden) is int and type(ap.msta.noise_dim) is int and type(ap.encoder.freeze_epochs) is int
+
+
 def test_coverage_tells_scans_unlike_the_survey() -> None:
     """Scans far from every survey point (the east end of a corridor surveyed only in its west half) are outside;
     scans among the survey points are inside. Outside fixes snap to the survey's edge, so tracking trusts them less."""

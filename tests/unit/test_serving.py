@@ -311,6 +311,73 @@ def test_retention_deletes_old_queries_but_not_the_pool_of_a_pending_update(db: 
         assert s.get(Site, "a").n_queries == 1 and s.get(Site, "b").n_queries == 2  # type: ignore[union-attr]
 
 
+def _two_keys_walks(db: Database, prefix: str) -> None:
+    """Site "a": keys A and B each stored a walk "walk-1" (5 queries, the same timestamps), unused; 2 used rows."""
+    with db.session() as s:
+        s.add(Site(id="a", name="a", n_queries=12))
+        s.flush()
+        for k, (key, sid, used) in enumerate(
+            [("A", "walk-1", None)] * 5 + [("B", "walk-1", None)] * 5 + [("A", None, "j0")] * 2
+        ):
+            row = {**query_row("a", k), "id": prefix[:16] + f"{k:016x}", "used_by_job": used}
+            s.add(Query(**row, key_id=key, session_id=sid, client_timestamp=1_700_000_000_000 + 1000 * (k % 5)))
+
+
+def test_retention_keeps_every_keys_walks_for_a_pending_update(db: Database) -> None:
+    """Walks are grouped by (key, session id); the pool a pending update needs is the site's unused queries, so
+    retention keeps both keys' walks whole, and deletes them like any other once the update is over."""
+    from datetime import UTC, datetime, timedelta
+
+    from app.models import Job
+    from app.services.cotrain import _load_queries
+    from app.services.retention import cutoff_id, delete_expired_queries
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    _two_keys_walks(db, cutoff_id(now - timedelta(days=40)))
+    with db.session() as s:
+        s.add(Job(id="j1", kind="cotrain", site_id="a", state="queued", params={}))
+    assert delete_expired_queries(db, retention_days=30, now=now, chunk=3) == 2  # the used rows only
+    with db.session() as s:
+        pool = _load_queries(s, "a", 1000, 600.0)
+        assert sorted((w.key, len(w.ids)) for w in pool.walks) == [("walk-1@A", 5), ("walk-1@B", 5)]
+        s.execute(update(Job).where(Job.id == "j1").values(state="succeeded"))
+    assert delete_expired_queries(db, retention_days=30, now=now) == 10
+
+
+def test_retention_rechecks_for_a_pending_update_in_its_delete(db: Database) -> None:
+    """An update queued between a chunk's SELECT and its DELETE keeps its pool: the DELETE re-checks."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import event, text
+
+    from app.services.retention import cutoff_id, delete_expired_queries
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    _two_keys_walks(db, cutoff_id(now - timedelta(days=40)))
+    queued = []
+
+    def queue_an_update(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM QUERIES") and not queued:
+            queued.append(True)  # a request on another connection, committed before this DELETE runs
+            with db.engine.begin() as other:
+                other.execute(
+                    text(
+                        "INSERT INTO jobs (id, kind, site_id, state, progress, message, params, attempts, created_at) "
+                        "VALUES ('j1', 'cotrain', 'a', 'queued', 0, 'queued', '{}', 0, CURRENT_TIMESTAMP)"
+                    )
+                )
+
+    event.listen(db.engine, "before_cursor_execute", queue_an_update)
+    try:
+        assert delete_expired_queries(db, retention_days=30, now=now) == 2  # the used rows only
+    finally:
+        event.remove(db.engine, "before_cursor_execute", queue_an_update)
+    assert queued
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Query).where(Query.used_by_job.is_(None))) == 10
+        assert s.get(Site, "a").n_queries == 10  # type: ignore[union-attr]
+
+
 # ---------------------------------------------------------------- embedded mode on several processes
 
 
