@@ -59,7 +59,11 @@ class Runtime:
         self.plans = PlanCache(self.db)
         self.tracker = Tracker(self.session_store, self.plans)
         self.locator = Locator(
-            settings=settings, models=self.models, writer=self.writer, sessions=SessionHook(self.tracker)
+            settings=settings,
+            models=self.models,
+            writer=self.writer,
+            sessions=SessionHook(self.tracker),
+            plans=self.plans,
         )
         # Full mode schedules with Celery beat; embedded mode with a thread running the same check.
         # Full mode also sweeps dead workers' jobs from each API process (cotrain=False: beat schedules updates).

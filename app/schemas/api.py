@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from app.schemas.common import (
     FingerprintIn,
@@ -19,6 +19,7 @@ from app.schemas.common import (
     WifiEntry,
 )
 from ml.models import MODEL_NAMES, STRATEGY_NAMES
+from ml.tracking import floorplan as fp
 
 # Built from ml.models' registry (the one list of names); still a Literal, so OpenAPI shows the enum.
 ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
@@ -241,12 +242,72 @@ class SessionOut(BaseModel):
     )
 
 
+PLAN_RULES = (
+    "GeoJSON FeatureCollection of walkable Polygons/MultiPolygons in the site's metric frame (x, y as the "
+    "survey's); their union is walkable, a polygon's holes are not. Refused with a 422 naming the problem: a "
+    "coordinate that is not a number (a boolean, a string) or any number in the body that is not finite (NaN, "
+    f"Infinity, 1e309); a coordinate more than {fp.MAX_COORD_M / 1000:,.0f} km from the frame's origin (a projected "
+    f"frame such as UTM or Web Mercator fits) or a plan spanning more than {fp.MAX_EXTENT_M / 1000:g} km either way "
+    f"(coordinates are metres); more than {fp.MAX_VERTICES:,} vertices; more than {fp.MAX_EDGE_PAIRS:,} pairs of "
+    "edges whose bounding boxes overlap without sharing a vertex (edges that cross or lie close together: thousands "
+    "of thin spikes, outlines crossing each other many times; the ILC 2020 floor maps have up to 16,000); a walkable "
+    f"area under {fp.MIN_AREA_M2:g} m^2. Invalid polygons are repaired (shapely make_valid, ring by ring): a "
+    "polygon's walkable area is its outline's minus its holes', so a hole outside its outline takes nothing away "
+    "and adds nothing, and a hole covering its outline leaves nothing. A plan is rasterised in "
+    f"{fp.DEFAULT_RESOLUTION_M:g} m cells, coarser (doubling) for one of more than {fp.MAX_CELLS:,} cells or "
+    f"{fp.MAX_CROSSINGS:,} edge crossings of its rows of cells."
+)
+
+# Floor plans (GeoJSON). Every number anywhere in the body is finite (NaN, Infinity and 1e309 are 422s: PostgreSQL's
+# JSON cannot store them), coordinates are numbers, not booleans; members other than the ones below are kept as
+# given. What the geometry itself must be (extent, vertices, area) is checked by ml/tracking/floorplan.py.
+_GEOJSON = ConfigDict(extra="allow", allow_inf_nan=False)
+Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Position = Annotated[list[Coordinate], Field(min_length=2, max_length=3, description="[x, y] metres (z ignored)")]
+Ring = list[Position]
+
+
+class PolygonIn(BaseModel):
+    model_config = _GEOJSON
+    __pydantic_extra__: dict[str, JsonValue]
+    type: Literal["Polygon"]
+    coordinates: list[Ring] = Field(description="An outline ring, then its holes")
+
+
+class MultiPolygonIn(BaseModel):
+    model_config = _GEOJSON
+    __pydantic_extra__: dict[str, JsonValue]
+    type: Literal["MultiPolygon"]
+    coordinates: list[list[Ring]]
+
+
+class FeatureIn(BaseModel):
+    model_config = _GEOJSON
+    __pydantic_extra__: dict[str, JsonValue]
+    type: Literal["Feature"] | None = None
+    properties: dict[str, JsonValue] | None = None
+    geometry: Annotated[PolygonIn | MultiPolygonIn, Field(discriminator="type")]
+
+
+class PlanIn(BaseModel):
+    """A floor plan: GeoJSON FeatureCollection of walkable (Multi)Polygons in the site's metric frame (what is
+    refused: the PUT body's description, `PLAN_RULES`)."""
+
+    model_config = _GEOJSON
+    __pydantic_extra__: dict[str, JsonValue]
+    type: Literal["FeatureCollection"]
+    features: list[FeatureIn]
+
+
 class PlanOut(BaseModel):
     site_id: str
     floor: str
     source: str
     updated_at: UtcDatetime
-    area_m2: float
+    area_m2: float | None = Field(
+        description="Walkable area; null for a plan stored before the current limits that no longer passes them "
+        "(tracking leaves it out: PUT a corrected one)"
+    )
     plan: dict[str, Any] = Field(description="GeoJSON FeatureCollection of walkable polygons, site metres")
 
 

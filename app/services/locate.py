@@ -15,6 +15,7 @@ from app.schemas.api import LocateIn
 from app.security import Principal
 from app.services.codec import pack_sensors, sensors_from_api
 from app.services.ids import time_ordered_id
+from app.services.plans import PlanCache
 from app.services.querylog import QueryWriter
 from app.services.registry import LoadedModel, ModelCache
 from app.services.sessions import SessionHook
@@ -36,12 +37,19 @@ class _Prepared:
 
 class Locator:
     def __init__(
-        self, *, settings: Settings, models: ModelCache, writer: QueryWriter, sessions: SessionHook | None = None
+        self,
+        *,
+        settings: Settings,
+        models: ModelCache,
+        writer: QueryWriter,
+        sessions: SessionHook | None = None,
+        plans: PlanCache | None = None,
     ) -> None:
         self._settings = settings
         self._models = models
         self._writer = writer
         self._sessions = sessions
+        self._plans = plans  # the floor plans `sessions` reads, refreshed here off the event loop
 
     async def locate(self, queries: list[LocateIn], principal: Principal) -> list[dict[str, Any]]:
         """Answer every query, or none: any bad query fails the whole request before anything is stored.
@@ -74,6 +82,7 @@ class Locator:
         pending = None
         if tracked:  # in memory first: a request that fails below leaves its sessions as they were
             assert self._sessions is not None
+            await self._refresh_plans(prepared)
             pending = await asyncio.to_thread(
                 self._sessions.advance,
                 queries,
@@ -94,6 +103,15 @@ class Locator:
         return outs
 
     # -- steps -----------------------------------------------------------------------------------
+
+    async def _refresh_plans(self, prepared: list[_Prepared]) -> None:
+        """The session sites' floor plans in memory before the session hook reads them on the event loop: a
+        database read and the rasterising of a changed plan happen here, in a worker thread."""
+        if self._plans is None:
+            return
+        for site_id in {p.model.site_id for p in prepared if p.query.session_id is not None}:
+            if self._plans.due(site_id):
+                await asyncio.to_thread(self._plans.refresh, site_id)
 
     def _check(self, q: LocateIn, where: str) -> None:
         if len(q.wifi) > self._settings.max_aps_per_scan:

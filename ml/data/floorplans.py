@@ -9,16 +9,19 @@ south-west corner of the outline's bounding box, so the outline's bounding box i
 from __future__ import annotations
 
 import json
+import math
 import os
 import tarfile
 from typing import Any
 
+import numpy as np
 import shapely
+from shapely.errors import GEOSException
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from ml.data.errors import DataFormatError
-from ml.tracking.floorplan import walkable_collection
+from ml.tracking.floorplan import MAX_EDGE_PAIRS, edge_pairs, valid_area, walkable_collection
 
 
 def ilc_walkable(geojson: Any, floor_info: Any, name: str = "geojson_map.json") -> BaseGeometry:
@@ -26,21 +29,35 @@ def ilc_walkable(geojson: Any, floor_info: Any, name: str = "geojson_map.json") 
         feats = geojson["features"]
         info = floor_info["map_info"]
         width, height = float(info["width"]), float(info["height"])
-        outline = shape(feats[0]["geometry"])
-        shops = [shape(f["geometry"]) for f in feats[1:] if f.get("geometry")]
+        with np.errstate(invalid="ignore"):  # NaN coordinates are refused below, after the transform
+            outline = shape(feats[0]["geometry"])
+            shops = [shape(f["geometry"]) for f in feats[1:] if f.get("geometry")]
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
         raise DataFormatError(f"not an ILC floor map ({type(e).__name__}: {e})", name) from None
     lon0, lat0, lon1, lat1 = outline.bounds
     if not (lon1 > lon0 and lat1 > lat0 and width > 0 and height > 0):
         raise DataFormatError("degenerate floor outline or size", name)
     sx, sy = width / (lon1 - lon0), height / (lat1 - lat0)
+    if not all(math.isfinite(v) for v in (lon0, lat0, sx, sy)):
+        raise DataFormatError("floor outline or size is not finite", name)
 
     def to_m(geom: BaseGeometry) -> BaseGeometry:
         return shapely.transform(geom, lambda c: (c - [lon0, lat0]) * [sx, sy])
 
-    walk = shapely.make_valid(to_m(outline))
-    if shops:
-        walk = walk.difference(shapely.union_all([shapely.make_valid(to_m(s)) for s in shops]))
+    # Checked before any shapely operation: NaN/Infinity make GEOS raise, and repairing or subtracting outlines
+    # that cross each other thousands of times takes minutes (the limits are the API plans', ml/tracking/floorplan).
+    outline_m, shops_m = to_m(outline), [to_m(s) for s in shops]
+    everything = np.array([outline_m, *shops_m], dtype=object)
+    if not np.isfinite(shapely.get_coordinates(everything)).all():
+        raise DataFormatError("non-finite coordinates in the floor map", name)
+    if edge_pairs(everything, MAX_EDGE_PAIRS) > MAX_EDGE_PAIRS:
+        raise DataFormatError(f"floor map too intricate (more than {MAX_EDGE_PAIRS} edge pairs cross or touch)", name)
+    try:
+        walk = valid_area(outline_m)
+        if shops_m:
+            walk = walk.difference(shapely.union_all([valid_area(s) for s in shops_m]))
+    except GEOSException as e:
+        raise DataFormatError(f"unusable floor map geometry ({e})", name) from None
     return walk
 
 

@@ -8,6 +8,8 @@ import math
 import tarfile
 from typing import Any
 
+import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
@@ -267,6 +269,143 @@ def test_floor_plans(api: Api) -> None:
         r = api.put(f"/sites/{site}/floors/0/plan", json=bad, headers=ADMIN)
         assert r.status_code == 422, r.text
     assert api.put(f"/sites/{site}/floors/0/plan", json=BOX, headers=_key(api)).status_code == 403
+
+
+def _put_raw(api: Api, site: str, floor: str, body: str) -> Any:
+    headers = {**ADMIN, "Content-Type": "application/json"}
+    return api.put(f"/sites/{site}/floors/{floor}/plan", content=body.encode(), headers=headers)
+
+
+def _plan(*rings: list[list[float]], **extra: Any) -> dict[str, Any]:
+    geometry = {"type": "Polygon", "coordinates": list(rings)}
+    return {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": geometry}], **extra}
+
+
+def _square(x0: float, y0: float, side: float) -> list[list[float]]:
+    return [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e309", "true"])
+def test_plan_numbers_are_finite_and_coordinates_numbers(api: Api, value: str) -> None:
+    """NaN/Infinity/1e309 anywhere in a plan, or a boolean coordinate: 422 naming where, nothing stored (NaN in
+    the coordinates was a 500 from shapely, in `properties` it was stored, which PostgreSQL's JSON refuses)."""
+    site = api.create_site("plan-numbers")
+    ok = '{"type":"Polygon","coordinates":[[[0,0],[10,0],[10,10],[0,0]]]}'
+    bad = f'{{"type":"Polygon","coordinates":[[[0,0],[{value},0],[10,10],[0,0]]]}}'
+    bodies = {
+        ("features", 0, "geometry", "Polygon", "coordinates", 0, 1, 0): (
+            f'{{"type":"FeatureCollection","features":[{{"type":"Feature","properties":{{}},"geometry":{bad}}}]}}'
+        ),
+        ("features", 0, "properties", "height"): (
+            f'{{"type":"FeatureCollection","features":[{{"type":"Feature","properties":{{"height":{value}}},'
+            f'"geometry":{ok}}}]}}'
+        ),
+        ("bbox",): f'{{"type":"FeatureCollection","bbox":[0,0,{value},10],"features":[{{"geometry":{ok}}}]}}',
+    }
+    for loc, body in bodies.items():
+        r = _put_raw(api, site, "0", body)
+        if value == "true" and loc[-1] != 0:
+            assert r.status_code == 200, r.text  # a boolean is fine outside the coordinates
+            continue
+        assert r.status_code == 422, (loc, r.text)
+        assert any(tuple(e["loc"][1 : len(loc) + 1]) == loc for e in r.json()["errors"]), (loc, r.json())
+        assert api.get(f"/sites/{site}/floors/0/plan", headers=ADMIN).status_code == 404
+
+
+def test_plan_geometry_limits_are_422_and_sessions_keep_working(api: Api) -> None:
+    """The fuzz review's plans: a 1e308 square was stored ("area_m2": null) and then every session query at the
+    site was a 500; now such plans are 422s naming the problem, and the site's sessions keep answering."""
+    site = api.trained_site("plan-limits")
+    big = 1e308
+    huge = [[-big, -big], [big, -big], [big, big], [-big, big], [-big, -big]]
+    for plan, needle in (
+        (_plan(huge), "from the site's origin"),
+        (_plan([[x * 1e155 for x in p] for p in _square(-1, -1, 2)]), "from the site's origin"),
+        (_plan([[x * 1e200 for x in p] for p in _square(-1, -1, 2)]), "from the site's origin"),
+        (_plan(_square(0, 0, 30_000)), "spans 30000 x 30000 m"),
+        (_plan(_square(0, 0, 1e-9)), "at least 1 m^2"),
+        (_plan(_square(0, 0, 10), _square(0, 0, 10)), "walkable area is empty"),
+    ):
+        r = api.put(f"/sites/{site}/floors/0/plan", json=plan, headers=ADMIN)
+        assert r.status_code == 422 and needle in r.json()["detail"], r.text
+    assert api.get(f"/sites/{site}/floors/0/plan", headers=ADMIN).status_code == 404
+    # a hole outside its shell takes nothing away and adds nothing (was 125 m^2 here)
+    r = api.put(f"/sites/{site}/floors/0/plan", json=_plan(_square(0, 0, 10), _square(20, 0, 5)), headers=ADMIN)
+    assert r.status_code == 200 and r.json()["area_m2"] == 100.0, r.text
+    # the UJIIndoorLoc frame (Web Mercator metres) is a site frame like any other
+    uji = _plan([[-7700.0, 4864700.0], [-7250.0, 4864700.0], [-7250.0, 4865050.0], [-7700.0, 4865050.0]])
+    r = api.put(f"/sites/{site}/floors/0/plan", json=uji, headers=ADMIN)
+    assert r.status_code == 200 and r.json()["area_m2"] == 157_500.0, r.text
+    wifi = uji_queries("0")[0]["wifi"]
+    body = {"site_id": site, "wifi": wifi, "session_id": "plan-limits", "timestamp": 1}
+    assert api.post("/locate", json=body, headers=ADMIN).status_code == 200
+
+
+def test_a_stored_plan_that_breaks_the_limits_is_left_out(api: Api) -> None:
+    """A plan stored before these limits (the 1e308 square the old code took) no longer fails the site's session
+    queries (a 500 from the raster) or its GET: tracking leaves it out, GET shows it with area_m2 null."""
+    from app.models import FloorPlan
+    from app.models.tables import utcnow
+
+    site = api.trained_site("plan-legacy")
+    big = 1e308
+    legacy = _plan([[-big, -big], [big, -big], [big, big], [-big, big], [-big, -big]])
+    rt = api.app.state.runtime
+    with rt.db.session() as s:
+        s.add(FloorPlan(site_id=site, floor="0", geojson=legacy, source="api", updated_at=utcnow()))
+    rt.plans.invalidate(site)
+    wifi = uji_queries("0")[0]["wifi"]
+    body = {"site_id": site, "wifi": wifi, "session_id": "plan-legacy", "timestamp": 1}
+    r = api.post("/locate", json=body, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    r = api.get(f"/sites/{site}/floors/0/plan", headers=ADMIN)
+    assert r.status_code == 200 and r.json()["area_m2"] is None, r.text
+
+
+def test_plan_vertices_are_geometry_coordinates_only(api: Api) -> None:
+    """A big unrelated array in the body is not counted as vertices (it was: "300005 vertices"); geometry
+    coordinates over the limit are, exactly."""
+    from ml.tracking.floorplan import MAX_VERTICES
+
+    site = api.create_site("plan-vertices")
+    junk = [[i, 0] for i in range(210_000)]
+    r = api.put(f"/sites/{site}/floors/0/plan", json=_plan(_square(0, 0, 10), samples=junk), headers=ADMIN)
+    assert r.status_code == 200 and r.json()["area_m2"] == 100.0, r.text[:300]
+    assert len(api.get(f"/sites/{site}/floors/0/plan", headers=ADMIN).json()["plan"]["samples"]) == 210_000
+    t = [2 * math.pi * k / MAX_VERTICES for k in range(MAX_VERTICES)]
+    ring = [[100 * math.cos(a), 100 * math.sin(a)] for a in t]
+    r = api.put(f"/sites/{site}/floors/0/plan", json=_plan([*ring, ring[0]]), headers=ADMIN)
+    assert r.status_code == 422 and f"{MAX_VERTICES + 1} vertices; the limit is {MAX_VERTICES}" in r.text, r.text
+
+
+@pytest.mark.parametrize("floor", ["x" * 65, "a%00b", "%00"])
+def test_plan_floor_label_is_checked(api: Api, floor: str) -> None:
+    """The floor is a label like every other (1-64 characters, no NUL): a 422 on SQLite and on PostgreSQL (the
+    column is String(64) and PostgreSQL refuses NUL: this was a 500 there, and stored as given on SQLite)."""
+    site = api.create_site("plan-floor")
+    r = api.put(f"/sites/{site}/floors/{floor}/plan", json=BOX, headers=ADMIN)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["path", "floor"], r.text
+    r = api.get(f"/sites/{site}/floors/{floor}/plan", headers=ADMIN)
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["path", "floor"], r.text
+    assert api.put(f"/sites/{site}/floors/{'x' * 64}/plan", json=BOX, headers=ADMIN).status_code == 200
+
+
+def test_a_put_plan_is_used_at_once_and_not_rebuilt(api: Api) -> None:
+    """The PUT checks and rasterises the plan (in its worker thread) and hands the raster to this process's plan
+    cache: the next session query finds it built, with no database read or rasterising on the event loop."""
+    site = api.create_site("plan-cache", floors=["0"])
+    plans = api.app.state.runtime.plans
+    assert plans(site) == {}  # loaded: fresh for 30 s
+    r = api.put(f"/sites/{site}/floors/0/plan", json=BOX, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert not plans.due(site)
+    walkable = plans(site)["0"]
+    assert walkable.contains(np.array([[25.0, 10.0], [60.0, 10.0]])).tolist() == [True, False]
+    # a re-read finds the stored plan unchanged (the same time stamp, naive on SQLite): not rebuilt
+    plans.invalidate(site)
+    assert plans.due(site)
+    plans.refresh(site)
+    assert plans(site)["0"] is walkable
 
 
 def _ilc_archive_with_map() -> bytes:

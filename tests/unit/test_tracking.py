@@ -250,6 +250,172 @@ def test_plan_validation() -> None:
     assert g.area == 4.0 and walkable_collection(g)["features"][0]["geometry"]["type"] == "Polygon"
 
 
+def _fc(*polygons: object, kind: str = "Polygon", **extra: object) -> dict:
+    feats = [{"type": "Feature", "properties": {}, "geometry": {"type": kind, "coordinates": c}} for c in polygons]
+    return {"type": "FeatureCollection", "features": feats, **extra}
+
+
+def _square(x0: float, y0: float, side: float) -> list[list[float]]:
+    return [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]
+
+
+def _star(n: int, r_out: float = 700.0, r_in: float = 5.0) -> list[list[float]]:
+    """A ring of n/2 thin spikes around a 5 m hub (the fuzz review's plan: valid, but GEOS's validity check and
+    the old raster were quadratic in it)."""
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    r = np.where(np.arange(n) % 2 == 0, r_out, r_in)
+    ring = np.c_[r * np.cos(t), r * np.sin(t)].tolist()
+    return [*ring, ring[0]]
+
+
+def _string_art(n: int, r: float = 700.0) -> list[list[float]]:
+    """A ring whose consecutive vertices are nearly opposite on a circle: every edge crosses most others."""
+    t = np.arange(n) * np.pi * (1 - 1 / n)
+    ring = np.c_[r * np.cos(t), r * np.sin(t)].tolist()
+    return [*ring, ring[0]]
+
+
+def _strips(n: int) -> list[list[list[list[float]]]]:
+    """n thin north-south strips and n east-west ones over them, each its own polygon: n^2 crossings."""
+    ns = [[[2 * i, 0], [2 * i + 1, 0], [2 * i + 1, 2 * n], [2 * i, 2 * n], [2 * i, 0]] for i in range(n)]
+    ew = [[[0, 2 * j], [2 * n, 2 * j], [2 * n, 2 * j + 1], [0, 2 * j + 1], [0, 2 * j]] for j in range(n)]
+    return [[ring] for ring in ns + ew]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_plan_non_finite_coordinates_are_plan_errors(bad: float) -> None:
+    # were a shapely GEOSException (a 500): is_valid/make_valid ran on NaN/Inf before any finite check
+    with pytest.raises(PlanError, match=r"features\[1\]: coordinates must be finite"):
+        plan_geometry(_fc([_square(0, 0, 10)], [[[0, 0], [bad, 0], [10, 10], [0, 0]]]))
+
+
+@pytest.mark.parametrize("big", [1e308, 1e200, 1e155, 3e7])
+def test_plan_coordinates_are_metres_near_the_origin(big: float) -> None:
+    # 1e308 gave an area of null and then a raster of inf cells (every session query a 500); 1e155 an infinite
+    # area; 1e200 a nonsense one
+    ring = [[-big, -big], [big, -big], [big, big], [-big, big], [-big, -big]]
+    with pytest.raises(PlanError, match="from the site's origin; plan coordinates are metres"):
+        plan_geometry(_fc([ring]))
+
+
+def test_plan_extent_is_a_building() -> None:
+    uji = _square(-7600.0, 4_864_900.0, 50.0)  # UJIIndoorLoc's frame: Web Mercator metres
+    assert plan_geometry(_fc([uji])).area == pytest.approx(2500.0)
+    with pytest.raises(PlanError, match="spans 30000 x 10 m"):
+        plan_geometry(_fc([_square(0, 0, 10)], [_square(29_990, 0, 10)]))
+    g = plan_geometry(_fc([_square(0, 0, 10)], [_square(19_990, 0, 10)]))  # 20 km: the largest allowed
+    assert g.area == pytest.approx(200.0)
+    w = Walkable(g)
+    assert w.contains(np.array([[5.0, 5.0], [19_995.0, 5.0], [10_000.0, 5.0]])).tolist() == [True, True, False]
+
+
+def test_plan_holes_only_take_area_away() -> None:
+    shell = _square(0, 0, 10)
+    assert plan_geometry(_fc([shell, _square(20, 0, 5)])).area == pytest.approx(100.0)  # hole outside: was 125
+    assert plan_geometry(_fc([shell, [[5, 2], [15, 2], [15, 8], [5, 8], [5, 2]]])).area == pytest.approx(70.0)
+    with pytest.raises(PlanError, match="walkable area is empty"):
+        plan_geometry(_fc([shell, shell]))  # the hole is the shell: was 100 m^2 walkable
+    bowtie = [[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]  # a self-crossing ring: both lobes, as before
+    assert plan_geometry(_fc([bowtie])).area == pytest.approx(50.0)
+    overlapping = _fc([[_square(0, 0, 10)], [_square(5, 5, 10)]], kind="MultiPolygon")
+    assert plan_geometry(overlapping).area == pytest.approx(175.0)
+
+
+def test_plan_walkable_area_is_at_least_a_square_metre() -> None:
+    with pytest.raises(PlanError, match=r"walkable area is 1e-18 m\^2; at least 1 m\^2"):
+        plan_geometry(_fc([_square(0, 0, 1e-9)]))
+    assert plan_geometry(_fc([_square(0, 0, 1)])).area == pytest.approx(1.0)
+
+
+def test_plan_vertices_are_geometry_coordinates_only() -> None:
+    from ml.tracking.floorplan import MAX_VERTICES
+
+    junk = [[float(i), 0.0] for i in range(MAX_VERTICES + 5)]  # not geometry: was counted as vertices
+    plan = _fc([_square(0, 0, 10)], extra_points=junk)
+    plan["features"][0]["properties"] = {"samples": junk}
+    assert plan_geometry(plan).area == pytest.approx(100.0)
+    t = np.linspace(0, 2 * np.pi, MAX_VERTICES, endpoint=False)
+    ring = np.c_[100 * np.cos(t), 100 * np.sin(t)].tolist()
+    with pytest.raises(PlanError, match=f"^{MAX_VERTICES + 1 + 5} vertices; the limit is {MAX_VERTICES}$"):
+        plan_geometry(_fc([[*ring, ring[0]]], [_square(0, 0, 1)]))
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        pytest.param(lambda: _fc([_star(8_000)]), id="star of 4,000 spikes"),
+        pytest.param(lambda: _fc([_string_art(400)]), id="self-crossing ring"),
+        pytest.param(lambda: _fc(*_strips(300)), id="300 strips across 300 others"),
+    ],
+)
+def test_plan_too_intricate_to_process_is_refused_quickly(plan: object) -> None:
+    # The old plan_geometry took them all: over 5 minutes in make_valid on the 400-vertex self-crossing ring, 8 s
+    # in union_all on the 600 rectangles crossing 90,000 times (both on a loaded 2-core machine), and minutes in
+    # is_valid on the fuzz review's 150,000-vertex star (the same shape as this smaller one).
+    import time
+
+    body = plan()  # type: ignore[operator]
+    t = time.perf_counter()
+    with pytest.raises(PlanError, match="too intricate"):
+        plan_geometry(body)
+    assert time.perf_counter() - t < 2.0
+
+
+def test_plan_raster_is_bounded() -> None:
+    """Rasterising any geometry costs a bounded time: the 150,000-vertex star of the fuzz review took 87 s on
+    the event loop (shapely.contains_xy over 4M cells, each crossing thousands of spikes); coarser cells now."""
+    import time
+
+    from shapely.geometry import Polygon
+
+    star = Polygon(_star(150_000))
+    t = time.perf_counter()
+    w = Walkable(star)
+    assert time.perf_counter() - t < 3.0
+    assert w.res > 0.5 and w.grid.size <= 4_000_000
+    assert w.contains(np.array([[0.0, 0.0], [-700.0, 700.0]])).tolist() == [True, False]  # the hub; a corner
+
+
+def test_plan_raster_is_shapely_contains_at_cell_centres() -> None:
+    """The row-by-row fill answers what shapely.contains_xy answers at every cell centre, boundaries included
+    (edges through cell centres: multiples of 0.25 m on 0.5 m cells), so normal plans track exactly as before."""
+    import shapely
+    from shapely.geometry import Polygon, box
+
+    rng = np.random.default_rng(5)
+    for trial in range(120):
+        g = shapely.union_all(
+            [box(*(rng.integers(0, 40, 2) * 0.25), *(rng.integers(41, 80, 2) * 0.25)) for _ in range(3)]
+        )
+        x, y = rng.integers(0, 60, 2) * 0.25
+        g = g.difference(box(x, y, x + 2.5, y + 1.25))
+        if trial % 3 == 0:
+            g = shapely.make_valid(Polygon(rng.uniform(0, 20, (10, 2))))
+            g = shapely.union_all([p for p in shapely.get_parts(g) if p.geom_type == "Polygon"])
+        w = Walkable(g, resolution_m=(0.5, 0.25, 0.3)[trial % 3])
+        ny, nx = w.grid.shape
+        gx, gy = np.meshgrid(w.x0 + (np.arange(nx) + 0.5) * w.res, w.y0 + (np.arange(ny) + 0.5) * w.res)
+        assert (w.grid == shapely.contains_xy(g, gx.ravel(), gy.ravel()).reshape(ny, nx)).all(), trial
+
+
+def test_ilc_map_with_bad_numbers_is_a_format_error() -> None:
+    from ml.data.errors import DataFormatError
+
+    outline = {"type": "Polygon", "coordinates": [_square(120.0, 30.0, 0.001)]}
+    shop = {"type": "Polygon", "coordinates": [[[120.0, 30.0], [math.nan, 30.0], [120.0005, 30.0005], [120.0, 30.0]]]}
+    with pytest.raises(DataFormatError, match="non-finite"):  # was a GEOSException from make_valid
+        ilc_walkable(
+            {"features": [{"geometry": outline}, {"geometry": shop}]}, {"map_info": {"width": 20, "height": 10}}
+        )
+    with pytest.raises(DataFormatError, match="not finite"):
+        ilc_walkable({"features": [{"geometry": outline}]}, {"map_info": {"width": math.inf, "height": 10}})
+    art = {"type": "Polygon", "coordinates": [(np.array(_string_art(400)) / 1e6 + [120.0, 30.0]).tolist()]}
+    with pytest.raises(DataFormatError, match="too intricate"):  # was minutes in make_valid
+        ilc_walkable(
+            {"features": [{"geometry": outline}, {"geometry": art}]}, {"map_info": {"width": 20, "height": 10}}
+        )
+
+
 def test_ilc_map_to_site_metres() -> None:
     lon0, lat0 = 120.0, 30.0
     outline = [
