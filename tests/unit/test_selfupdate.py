@@ -14,6 +14,7 @@ from ml.finetune import finetune, fit_model
 from ml.models.base import LocModel, QueryBatch
 from ml.models.wknn import WKNN
 from ml.selfupdate import (
+    Pair,
     UpdateConfig,
     Walk,
     build_candidate,
@@ -101,6 +102,33 @@ def test_traffic_score_rejects_noisy_labels_and_keeps_good_ones(corridor: dict) 
     assert traffic_guard(before, traffic_score(good.served, ref), 0.02)[0]
     ok, reason = traffic_guard(before, traffic_score(bad.served, ref), 0.02)
     assert not ok and "recent traffic" in reason
+
+
+def test_shared_reference_judges_both_models_alike(corridor: dict) -> None:
+    """guard_reference "both": the held-out walks tracked with the mean of the two models' answers; the noisy-label
+    candidate still falls farther from those tracks than the active model, the good one does not."""
+    w, model = corridor["world"], corridor["model"]
+    learn_walks, guard = split_walks(_as_walks(sw.walks(w, 16)), UpdateConfig())
+    good = learn(model, learn_walks, [], corridor["survey"], corridor["hold"], corridor["plans"], UpdateConfig(), {})
+    bad = learn(
+        model,
+        learn_walks,
+        [],
+        corridor["survey"],
+        corridor["hold"],
+        corridor["plans"],
+        UpdateConfig(label_noise_m=30.0),
+        {},
+    )
+    assert good is not None and bad is not None
+    for cand, should_pass in ((good.served, True), (bad.served, False)):
+        shared = track(Pair(model, cand), guard, corridor["plans"], UpdateConfig(), cross=True)
+        ok, _ = traffic_guard(traffic_score(model, shared), traffic_score(cand, shared), 0.15)
+        assert ok is should_pass
+    # a pair of one model answers as that model
+    same = track(Pair(model, model), guard, corridor["plans"], UpdateConfig(), cross=True)
+    alone = track(model, guard, corridor["plans"], UpdateConfig(), cross=True)
+    assert traffic_score(model, same) == traffic_score(model, alone)
 
 
 def test_vanished_aps_only_where_walks_went(corridor: dict) -> None:
