@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter
@@ -397,7 +398,9 @@ class Client(_Base):
 
     def put_plan(self, site_id: str, floor: str, plan: Mapping[str, Any]) -> PlanOut:
         """Set a floor's walkable area (a GeoJSON FeatureCollection in site metres)."""
-        return self._model(_Req("PUT", f"/sites/{site_id}/floors/{floor}/plan", json=dict(plan)), PlanOut)
+        return self._model(
+            _Req("PUT", f"/sites/{site_id}/floors/{quote(floor, safe='')}/plan", json=dict(plan)), PlanOut
+        )
 
     # locate
     def locate(self, body: LocateIn | Mapping[str, Any] | None = None, **kwargs: Any) -> LocateOut:
@@ -577,7 +580,9 @@ class AsyncClient(_Base):
         return await self._model(_Req("POST", f"/sites/{site_id}/models/{version}/activate"), ModelVersionOut)
 
     async def put_plan(self, site_id: str, floor: str, plan: Mapping[str, Any]) -> PlanOut:
-        return await self._model(_Req("PUT", f"/sites/{site_id}/floors/{floor}/plan", json=dict(plan)), PlanOut)
+        return await self._model(
+            _Req("PUT", f"/sites/{site_id}/floors/{quote(floor, safe='')}/plan", json=dict(plan)), PlanOut
+        )
 
     async def locate(self, body: LocateIn | Mapping[str, Any] | None = None, **kwargs: Any) -> LocateOut:
         return await self._model(self._locate(body, kwargs), LocateOut)
