@@ -222,7 +222,10 @@ def test_hostile_session_queries(api: Api) -> None:
     assert r.status_code == 422 and "2^53" in r.text
     r = api.post(
         "/locate",
-        content=f'{{"site_id": "{site}", "wifi": {json.dumps(wifi)}, "sensors": {{"rate_hz": NaN, "accel": [[0,0,9.8],[0,0,9.8]]}}}}',
+        content=(
+            f'{{"site_id": "{site}", "wifi": {json.dumps(wifi)}, '
+            '"sensors": {"rate_hz": NaN, "accel": [[0,0,9.8],[0,0,9.8]]}}'
+        ),
         headers={**key, "Content-Type": "application/json"},
     )
     assert r.status_code == 422 and "rate_hz" in r.text, r.text
