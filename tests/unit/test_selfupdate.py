@@ -80,47 +80,35 @@ def test_survey_only_candidate_is_the_active_model(corridor: dict) -> None:
     assert learn(model, [], [], corridor["survey"], corridor["hold"], None, UpdateConfig(), {}) is None
 
 
-def test_traffic_score_rejects_noisy_labels_and_keeps_good_ones(corridor: dict) -> None:
-    w, model = corridor["world"], corridor["model"]
-    learn_walks, guard = split_walks(_as_walks(sw.walks(w, 16)), UpdateConfig())
-    assert len(guard) == 4 and len(learn_walks) == 12
+@pytest.fixture(scope="module")
+def good_and_bad(corridor: dict) -> dict:
+    """The corridor's walks split (12 to learn from, 4 held out), and two candidates learnt from them: the default
+    update and one with 30 m of noise on every pseudo-label."""
+    learn_walks, guard = split_walks(_as_walks(sw.walks(corridor["world"], 16)), UpdateConfig())
+    args = (corridor["model"], learn_walks, [], corridor["survey"], corridor["hold"], corridor["plans"])
+    good = learn(*args, UpdateConfig(), {})
+    bad = learn(*args, UpdateConfig(label_noise_m=30.0), {})
+    assert good is not None and bad is not None
+    return {"learn": learn_walks, "guard": guard, "good": good, "bad": bad}
+
+
+def test_traffic_score_rejects_noisy_labels_and_keeps_good_ones(corridor: dict, good_and_bad: dict) -> None:
+    model, guard = corridor["model"], good_and_bad["guard"]
+    assert len(guard) == 4 and len(good_and_bad["learn"]) == 12
     ref = track(model, guard, corridor["plans"], UpdateConfig(), cross=True)
     before = traffic_score(model, ref)
     assert before is not None and before["n"] > 0
-    good = learn(model, learn_walks, [], corridor["survey"], corridor["hold"], corridor["plans"], UpdateConfig(), {})
-    bad = learn(
-        model,
-        learn_walks,
-        [],
-        corridor["survey"],
-        corridor["hold"],
-        corridor["plans"],
-        UpdateConfig(label_noise_m=30.0),
-        {},
-    )
-    assert good is not None and bad is not None
+    good, bad = good_and_bad["good"], good_and_bad["bad"]
     assert traffic_guard(before, traffic_score(good.served, ref), 0.02)[0]
     ok, reason = traffic_guard(before, traffic_score(bad.served, ref), 0.02)
     assert not ok and "recent traffic" in reason
 
 
-def test_shared_reference_judges_both_models_alike(corridor: dict) -> None:
+def test_shared_reference_judges_both_models_alike(corridor: dict, good_and_bad: dict) -> None:
     """guard_reference "both": the held-out walks tracked with the mean of the two models' answers; the noisy-label
     candidate still falls farther from those tracks than the active model, the good one does not."""
-    w, model = corridor["world"], corridor["model"]
-    learn_walks, guard = split_walks(_as_walks(sw.walks(w, 16)), UpdateConfig())
-    good = learn(model, learn_walks, [], corridor["survey"], corridor["hold"], corridor["plans"], UpdateConfig(), {})
-    bad = learn(
-        model,
-        learn_walks,
-        [],
-        corridor["survey"],
-        corridor["hold"],
-        corridor["plans"],
-        UpdateConfig(label_noise_m=30.0),
-        {},
-    )
-    assert good is not None and bad is not None
+    model, guard = corridor["model"], good_and_bad["guard"]
+    good, bad = good_and_bad["good"], good_and_bad["bad"]
     for cand, should_pass in ((good.served, True), (bad.served, False)):
         shared = track(Pair(model, cand), guard, corridor["plans"], UpdateConfig(), cross=True)
         ok, _ = traffic_guard(traffic_score(model, shared), traffic_score(cand, shared), 0.15)
