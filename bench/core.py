@@ -524,6 +524,21 @@ def ilc_run_start(
     return data_dir, record
 
 
+def ilc_session_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The arguments the ILC session benchmarks share (`bench.tracking`, `bench.selfmaint`): where the data is,
+    which sites and floors, the seed, where the JSON goes (`--out`, `--tag`), and `--render FILE` (print the
+    markdown of a result JSON and exit). Each benchmark adds its own."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").split("\n")[0])
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--sites", default="site1,site2")
+    p.add_argument("--floors", default="", help="comma-separated floors (default: every floor of each site)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.add_argument("--tag", default="")
+    p.add_argument("--render", type=Path, default=None, help="print the markdown of a result JSON and exit")
+    return p
+
+
 def ilc_floor_names(data_dir: Path, site: str, chosen: str = "") -> list[str]:
     """`chosen` ("F1,F2") or every floor archive of an ILC site."""
     if chosen:

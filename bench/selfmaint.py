@@ -46,7 +46,7 @@ import numpy as np
 
 from app.client import Client
 from app.client import Invalid as ClientInvalid
-from bench.core import ilc_floor_names, ilc_run_start
+from bench.core import ilc_floor_names, ilc_run_start, ilc_session_parser
 from bench.serve import Server
 from bench.tracking import RATE_HZ, STEP_MS, read_floor, window
 from ml.data.features import build_set
@@ -405,18 +405,11 @@ def render(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.selfmaint", description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--sites", default="site1,site2")
-    p.add_argument("--floors", default="", help="comma-separated floors (default: every floor of each site)")
+    p = ilc_session_parser("bench.selfmaint", __doc__)
     p.add_argument("--model", default="wknn")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--params", type=json.loads, default={}, help="extra update params for every API variant (JSON)")
     p.add_argument("--harmful-noise-m", type=float, default=40.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("bench-out"))
-    p.add_argument("--tag", default="")
-    p.add_argument("--render", type=Path, default=None, help="print the markdown table of a result JSON and exit")
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     bad = set(args.variants) - set(VARIANTS)

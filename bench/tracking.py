@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from app.services.sessions import MemoryStore, Tracker, fix_from_answer
-from bench.core import ilc_floor_names, ilc_run_start, train_model
+from bench.core import ilc_floor_names, ilc_run_start, ilc_session_parser, train_model
 from ml.data.features import build_set, scan_row
 from ml.data.floorplans import ilc_plan_collection
 from ml.data.ilc2020 import IlcTrace, parse_ilc_trace, trace_fingerprints
@@ -409,18 +409,11 @@ def render(result: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.tracking", description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--sites", default="site1,site2")
-    p.add_argument("--floors", default="", help="comma-separated floors (default: every floor of each site)")
+    p = ilc_session_parser("bench.tracking", __doc__)
     p.add_argument("--max-paths", type=int, default=0, help="development subset: at most this many test paths a floor")
     p.add_argument("--no-allfloors", action="store_true", help="skip the all-floors run per site")
     p.add_argument("--particles", type=int, default=FilterConfig().particles)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-fraction", type=float, default=0.25)
-    p.add_argument("--out", type=Path, default=Path("bench-out"))
-    p.add_argument("--tag", default="")
-    p.add_argument("--render", type=Path, default=None, help="print the markdown tables of a result JSON and exit")
     return p.parse_args(argv)
 
 
