@@ -154,34 +154,29 @@ def test_a_failed_request_leaves_its_sessions_as_they_were(api: Api) -> None:
     wifi = uji_queries("0")[0]["wifi"]
     key = _key(api)
     walk = _walk_window(0.0)
+
+    def batch(*queries: dict[str, Any]) -> Any:
+        return api.post("/locate/batch", json={"queries": list(queries)}, headers=key)
+
     # the second query cannot be answered (its session has no position): the first session must not be opened
-    body = {
-        "queries": [
-            {"site_id": site, "wifi": wifi, "session_id": "a1", "timestamp": 1000},
-            {"session_id": "a2", "timestamp": 1000, "sensors": walk},
-        ]
-    }
-    r = api.post("/locate/batch", json=body, headers=key)
+    r = batch(
+        {"site_id": site, "wifi": wifi, "session_id": "a1", "timestamp": 1000},
+        {"session_id": "a2", "timestamp": 1000, "sensors": walk},
+    )
     assert r.status_code == 422 and "queries[1]" in r.text, r.text
     assert api.get("/sessions/a1", headers=key).status_code == 404
     # within one session: its later query going back in time refuses the batch, and the session stays unopened
-    body = {
-        "queries": [
-            {"site_id": site, "wifi": wifi, "session_id": "a3", "timestamp": 5000},
-            {"site_id": site, "wifi": wifi, "session_id": "a3", "timestamp": 4000},
-        ]
-    }
-    r = api.post("/locate/batch", json=body, headers=key)
+    r = batch(
+        {"site_id": site, "wifi": wifi, "session_id": "a3", "timestamp": 5000},
+        {"site_id": site, "wifi": wifi, "session_id": "a3", "timestamp": 4000},
+    )
     assert r.status_code == 422 and "earlier" in r.text, r.text
     assert api.get("/sessions/a3", headers=key).status_code == 404
     # a session opened earlier in the same batch gives a motion-only query (no site_id) its site
-    body = {
-        "queries": [
-            {"site_id": site, "wifi": wifi, "session_id": "a4", "timestamp": 1000},
-            {"session_id": "a4", "timestamp": 2000, "sensors": walk},
-        ]
-    }
-    r = api.post("/locate/batch", json=body, headers=key)
+    r = batch(
+        {"site_id": site, "wifi": wifi, "session_id": "a4", "timestamp": 1000},
+        {"session_id": "a4", "timestamp": 2000, "sensors": walk},
+    )
     assert r.status_code == 200, r.text
     assert [a["site_id"] for a in r.json()["results"]] == [site, site]
     assert len(api.get("/sessions/a4", headers=key).json()["points"]) == 2
