@@ -1,6 +1,6 @@
 """Self-maintenance updates: a site's model learns from the walks of the phones that use it.
 
-One update (the service's job, `app/services/cotrain.py`, calls `split_walks`, `track`, `learn` and `traffic_score`):
+One update (the service's job, `app/services/cotrain.py`, calls `split_walks`, `learn` and `traffic_scores`):
 
 1. **Walks.** The stored queries of each tracking session, in time order, are replayed through the same particle
    filter as `/locate` with the active model's answers, then smoothed over the whole walk (`ml.tracking.replay`).
@@ -350,6 +350,27 @@ def traffic_score(model: LocModel, guard: Sequence[Tracked], coverage: Coverage 
         "mean_m": round(float(np.mean(d)), 3) if d else None,
         "floor_hit": round(float(np.mean(hit)), 4),
     }
+
+
+def traffic_scores(
+    active: LocModel,
+    candidate: LocModel,
+    guard: Sequence[Walk],
+    plans: dict[str, Walkable] | None,
+    cfg: UpdateConfig,
+    coverage: Coverage | None = None,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The recent-traffic scores of the active model and the candidate (`traffic_score`) on the held-out walks,
+    tracked (each point without its own fix) as `cfg.guard_reference` says: with both models' answers ("both"), the
+    active model's ("active"), or each model's own ("own")."""
+    if cfg.guard_reference == "both":
+        shared = track(Pair(active, candidate), guard, plans, cfg, cross=True)
+        return traffic_score(active, shared, coverage), traffic_score(candidate, shared, coverage)
+    ref = track(active, guard, plans, cfg, cross=True)
+    if cfg.guard_reference == "own":
+        own = track(candidate, guard, plans, cfg, cross=True)
+        return traffic_score(active, ref, coverage), traffic_score(candidate, own, coverage)
+    return traffic_score(active, ref, coverage), traffic_score(candidate, ref, coverage)
 
 
 def traffic_guard(

@@ -43,14 +43,12 @@ from ml.models import MODEL_NAMES, get_model_class
 from ml.params import check_types
 from ml.selfupdate import (
     Coverage,
-    Pair,
     UpdateConfig,
     Walk,
     learn,
     split_walks,
-    track,
     traffic_guard,
-    traffic_score,
+    traffic_scores,
 )
 from ml.serialize import dumps, loads
 from ml.types import Fingerprint
@@ -256,8 +254,6 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
 
     progress(0.05, f"tracking {len(pool.walks)} stored walks")
     learn_walks, guard_walks = split_walks(pool.walks, cfg)
-    # the guard's reference: the held-out walks tracked, each point without its own fix (`guard_reference`)
-    tracked_guard = track(model, guard_walks, plans, cfg, cross=True)
     held = {i for w in guard_walks for i in w.ids}  # left unused: the next update learns from them
     used_ids = [i for i in pool.ids if i not in held]
     counts = {
@@ -290,17 +286,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
     progress(0.9, "judging the update on the survey holdout and on recent walks")
     before = active_metrics if saw_holdout else evaluate(model, holdout)
     after = evaluate(cand.scored, holdout)
-    # scored on the held-out walks' scans that look like the survey's, where their tracks rest on good fixes
-    traffic_before = traffic_score(model, tracked_guard, coverage)
-    if cfg.guard_reference == "own":
-        own = track(cand.served, guard_walks, plans, cfg, cross=True)
-        traffic_after = traffic_score(cand.served, own, coverage)
-    elif cfg.guard_reference == "both":
-        shared = track(Pair(model, cand.served), guard_walks, plans, cfg, cross=True)
-        traffic_before = traffic_score(model, shared, coverage)
-        traffic_after = traffic_score(cand.served, shared, coverage)
-    else:
-        traffic_after = traffic_score(cand.served, tracked_guard, coverage)
+    traffic_before, traffic_after = traffic_scores(model, cand.served, guard_walks, plans, cfg, coverage)
     promote, reason = _judge(
         before,
         after,
