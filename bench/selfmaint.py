@@ -7,8 +7,10 @@ Per floor, the paths are ordered by start time: the earliest 50% are the survey,
 unlabeled tracking sessions, the last 25% are scored with single WiFi queries. Everything goes through a real
 `siteloc serve` (embedded mode, a temporary data dir) with the Python client, as a new user would:
 
-1. a site per variant: the survey uploaded (`POST /sites/{id}/surveys`, a JSONL file), the floor plan PUT from
-   the archive's map, `POST /sites/{id}/finetune` with the model (default settings);
+1. a site per variant: the survey uploaded (`POST /sites/{id}/surveys`: a JSONL file of its scans, or, for a model
+   that trains on sensor windows (`mtloc`), its trace files as an `ilc2020` archive, windows every
+   `--window-stride-ms`), the floor plan PUT from the archive's map, `POST /sites/{id}/finetune` with the model
+   (default settings);
 2. the middle quarter replayed as sessions through `POST /locate/batch`: one query per second from each path's
    first to last waypoint, with the last second of accelerometer, gyroscope, magnetometer and rotation vector
    (50 Hz), plus the newest scan when one arrived in that second (entry ages as of the query); `session_id` = the
@@ -21,7 +23,8 @@ unlabeled tracking sessions, the last 25% are scored with single WiFi queries. E
 Variants (each on its own site, so that each update sees only its own queries):
 - `sessions`: the update as the scheduler would run it (default params);
 - `single`: the middle quarter's scans sent as single queries (no session, no sensors), the update with
-  `{"single_query_labels": "self"}` (the model's own confident answers as pseudo-labels);
+  `{"single_query_labels": "self"}` (the model's own confident answers as pseudo-labels), or for a model with its
+  own test for single queries (`itoloc`'s co-training) with the default `"auto"`, which uses that test;
 - `harmful`: the sessions again, the update with `{"label_noise_m": N}` (noise on every pseudo-label): the guard
   should reject it;
 - `control`: survey only, same settings, no queries: the candidate `ml.selfupdate.build_candidate` makes from the
@@ -30,17 +33,26 @@ Variants (each on its own site, so that each update sees only its own queries):
 - `oracle` (a ceiling, not a product result): the same candidate in-process with the middle quarter's scans labelled
   with their TRUE positions (waypoints interpolated) instead of pseudo-labels: how much better the radio map could
   get from these walks with perfect tracks.
+- `labels` (a diagnosis, not a product result): the `sessions` update's steps in-process (`ml.selfupdate`: the
+  same walks, split, coverage test, tracks and pseudo-labels, rebuilt from the traces rather than read back from
+  the service, so its candidate is close to, not equal to, the API's), with each pseudo-label's error against the
+  true position, and a second candidate from the same pseudo-labelled scans at their TRUE positions: the gap
+  between `sessions` and it is what label error costs, the gap between it and `oracle` what the scans left
+  unlabelled cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import tarfile
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -50,14 +62,25 @@ from bench.core import ilc_floor_names, ilc_run_start, ilc_session_parser
 from bench.serve import Server
 from bench.tracking import RATE_HZ, STEP_MS, read_floor, window
 from ml.data.features import build_set
-from ml.data.ilc2020 import IlcTrace, trace_fingerprints
+from ml.data.ilc2020 import IlcTrace, read_ilc_windows, trace_fingerprints
+from ml.data.jsonl import read_jsonl
 from ml.finetune import finetune, fit_model
 from ml.models import get_model_class
-from ml.models.base import QueryBatch
-from ml.selfupdate import build_candidate
+from ml.models.base import LocModel, QueryBatch
+from ml.selfupdate import (
+    Coverage,
+    UpdateConfig,
+    Walk,
+    build_candidate,
+    pseudo_labels,
+    split_walks,
+    track,
+    vanished_aps,
+)
+from ml.tracking.floorplan import Walkable
 from ml.types import Fingerprint, WifiReading
 
-VARIANTS = ("sessions", "single", "harmful", "control", "oracle")
+VARIANTS = ("sessions", "single", "harmful", "control", "oracle", "labels")
 
 
 def time_thirds(traces: list[IlcTrace]) -> tuple[list[IlcTrace], list[IlcTrace], list[IlcTrace]]:
@@ -158,18 +181,49 @@ def _stats(err: list[float], hit: list[bool]) -> dict[str, Any]:
 
 
 def new_site(
-    client: Client, name: str, survey: list[dict[str, Any]], plan: dict[str, Any], floor: str, model: str
+    client: Client, name: str, survey: SurveyFile, plan: dict[str, Any], floor: str, model: str
 ) -> tuple[str, int]:
     site = client.create_site(name).id
-    with tempfile.TemporaryDirectory() as tmp:  # a JSON body would pass the body-size limit: stream a JSONL file
-        f = Path(tmp) / "survey.jsonl"
-        f.write_text("".join(json.dumps(r) + "\n" for r in survey))
-        client.upload_survey_file(site, f, fmt="jsonl")
+    client.upload_survey_file(site, survey.path, fmt=survey.fmt, window_stride_ms=survey.window_stride_ms)
     client.put_plan(site, floor, plan)
     job = client.job_wait(client.finetune(site, {"model": model}), timeout=3600)
     if job.state != "succeeded":
         raise RuntimeError(f"finetune of {name} failed: {job.error or job.message}")
     return site, int(job.model_version or 0)
+
+
+@dataclass(frozen=True)
+class SurveyFile:
+    """A floor's survey as uploaded: its scans as JSONL (a JSON body would pass the body-size limit), or, for a
+    model that trains on sensor windows, its trace files as an ILC archive (the service cuts the windows)."""
+
+    path: Path
+    fmt: str
+    window_stride_ms: int | None = None
+
+    def rows(self) -> list[Fingerprint]:
+        """What the service trains on from this file, read in-process (the control and the oracle)."""
+        if self.fmt == "jsonl":
+            return list(read_jsonl(self.path))
+        return list(read_ilc_windows(self.path, stride_ms=self.window_stride_ms or 500))
+
+
+def survey_file(
+    out_dir: Path, name: str, archive: Path, traces: list[IlcTrace], windows: bool, stride_ms: int
+) -> SurveyFile:
+    """`traces` of the floor `archive` written to `out_dir` as a survey upload (see `SurveyFile`)."""
+    if not windows:
+        path = out_dir / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in survey_rows(traces)))
+        return SurveyFile(path, "jsonl")
+    keep = {tr.name for tr in traces}
+    path = out_dir / f"{name}.tar"
+    with tarfile.open(archive, "r:*") as src, tarfile.open(path, "w") as dst:
+        for m in src:
+            f = src.extractfile(m) if m.isfile() and m.name in keep else None
+            if f is not None:
+                dst.addfile(m, f)
+    return SurveyFile(path, "ilc2020", stride_ms)
 
 
 def replay(
@@ -252,55 +306,127 @@ def _score_version(client: Client, site: str, version: int, fps: list[Fingerprin
 
 
 def control(
-    model: str, survey: list[IlcTrace], fps: list[Fingerprint], seed: int, labelled: list[IlcTrace] | None = None
+    model: str, survey: SurveyFile, fps: list[Fingerprint], seed: int, labelled: SurveyFile | None = None
 ) -> dict[str, Any]:
     """Survey-only control in-process: the service's finetune pipeline (holdout 0.2, seed), then the update's
-    candidate with no pseudo-labels (`labelled`: the oracle, those paths' scans with their true positions)."""
-    rows = [fp for tr in survey for fp in trace_fingerprints(tr)]
-    truth = [fp for tr in labelled or [] for fp in trace_fingerprints(tr)]
+    candidate with no pseudo-labels (`labelled`: the oracle, those paths' rows with their true positions)."""
+    rows = survey.rows()
+    truth = labelled.rows() if labelled is not None else []
     fs = build_set(rows)
     cls = get_model_class(model)
     done = finetune(fs, fit_model(cls, {}, seed=seed), holdout_fraction=0.2, seed=seed)
     cand = build_candidate(done.model, rows, done.holdout.hold, truth, [], {}, seed=seed)
-    out = {}
-    for name, m in (("before", done.model), ("after", cand.served)):
-        q = build_set(fps, aps=m.aps)
-        pred = m.predict(QueryBatch.from_set(q))
-        err = np.hypot(*(pred.xy - q.xy).T).tolist()
-        out[name] = _stats(err, [str(f) == fp.floor for f, fp in zip(pred.floor, fps, strict=True)])
+    return {"before": _score_model(done.model, fps), "after": _score_model(cand.served, fps)}
+
+
+def _score_model(m: LocModel, fps: list[Fingerprint]) -> dict[str, Any]:
+    """`fps` answered in-process by `m` (as `score_api` does through the API)."""
+    q = build_set(fps, aps=m.aps)
+    pred = m.predict(QueryBatch.from_set(q))
+    err = np.hypot(*(pred.xy - q.xy).T).tolist()
+    return _stats(err, [str(f) == fp.floor for f, fp in zip(pred.floor, fps, strict=True)])
+
+
+def walk_queries(tr: IlcTrace, floor: str) -> list[Fingerprint]:
+    """The queries `session_queries` sends for a path, as the update reads them back (wifi, sensors, timestamp),
+    each carrying its true position in `extra["truth"]` (kept through `pseudo_labels`)."""
+    out: list[Fingerprint] = []
+    for t in np.arange(tr.span[0] + STEP_MS, tr.span[1] + 1, STEP_MS, dtype=np.float64).tolist():
+        s = int(np.searchsorted(tr.scan_times, t, side="right")) - 1
+        new = s >= 0 and tr.scan_times[s] > t - STEP_MS
+        sensors = window(tr, t)
+        if not new and (sensors is None or not out):
+            continue
+        x, y = (float(v[0]) for v in tr.position(np.array([t])))
+        wifi = [replace(r, age_ms=int((r.age_ms or 0) + t - tr.scan_times[s])) for r in tr.scans[s]] if new else []
+        out.append(
+            Fingerprint(wifi, x, y, floor, device=tr.device, timestamp=int(t), sensors=sensors, extra={"truth": (x, y)})
+        )
+    return out
+
+
+def label_quality(
+    model: str,
+    survey: SurveyFile,
+    later: list[IlcTrace],
+    plan: dict[str, Any],
+    floor: str,
+    fps: list[Fingerprint],
+    seed: int,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """The `labels` variant (module docstring)."""
+    rows = survey.rows()
+    done = finetune(build_set(rows), fit_model(get_model_class(model), {}, seed=seed), holdout_fraction=0.2, seed=seed)
+    hold = done.holdout.hold
+    cfg, rest = UpdateConfig.split_params(params)
+    learn, _ = split_walks([Walk(f"{floor}-sessions-{tr.trace_id}", walk_queries(tr, floor)) for tr in later], cfg)
+    cov = Coverage.fit(rows, hold, cfg)
+    tracked = track(done.model, learn, {floor: Walkable.from_collection(plan)}, cfg, coverage=cov)
+    pseudo = pseudo_labels(tracked, cfg, seed, cov if cfg.anchor_s > 0 else None)
+    truth = [cast(tuple[float, float], p.extra["truth"]) for p in pseudo]
+    err = np.array([math.hypot(p.x - tx, p.y - ty) for p, (tx, ty) in zip(pseudo, truth, strict=True)])
+    vanished = vanished_aps(build_set(rows), pseudo, cfg)
+    out: dict[str, Any] = {
+        "n_pseudo_labels": len(pseudo),
+        "label_error_m": {
+            "mean": round(float(err.mean()), 3),
+            "median": round(float(np.median(err)), 3),
+            "p90": round(float(np.quantile(err, 0.9)), 3),
+        }
+        if len(err)
+        else None,
+        "before": _score_model(done.model, fps),
+    }
+    for key, labels in (
+        ("after", pseudo),
+        ("true_positions", [replace(p, x=tx, y=ty) for p, (tx, ty) in zip(pseudo, truth, strict=True)]),
+    ):
+        cand = build_candidate(done.model, rows, hold, labels, [], rest, vanished=vanished, seed=seed)
+        out[key] = _score_model(cand.served, fps)
     return out
 
 
 def run_floor(client: Client, data_dir: Path, site: str, floor: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
-    traces, plan = read_floor(data_dir / "ilc2020" / site / f"{floor}.tar.xz", floor)
+    archive = data_dir / "ilc2020" / site / f"{floor}.tar.xz"
+    traces, plan = read_floor(archive, floor)
     survey, later, scored = time_thirds(traces)
-    rows = survey_rows(survey)
+    cls = get_model_class(args.model)
+    windows = cls.trains_on == "windows"
     fps = scored_queries(scored)
-    res: dict[str, Any] = {
-        "paths": [len(survey), len(later), len(scored)],
-        "survey_rows": len(rows),
-        "scored": len(fps),
-    }
-    for variant in args.variants:
-        v0 = time.perf_counter()
-        if variant in ("control", "oracle"):
-            res[variant] = control(args.model, survey, fps, args.seed, later if variant == "oracle" else None)
-        else:
-            sid, base = new_site(client, f"{site}-{floor}-{variant}", rows, plan, floor, args.model)
-            n = replay(client, sid, later, session=variant != "single", prefix=f"{floor}-{variant}-")
-            params = {
-                "sessions": {},
-                "single": {"single_query_labels": "self"},
-                "harmful": {"label_noise_m": args.harmful_noise_m},
-            }[variant]
-            params = {**params, **args.params}
-            upd = update(client, sid, params)
-            upd["params"], upd["replayed"] = params, n
-            score_versions(client, sid, base, upd, fps)
-            res[variant] = upd
-        res[variant]["seconds"] = round(time.perf_counter() - v0, 1)
-        print(f"{site}/{floor} {variant}: {_line(res[variant])}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        upload = survey_file(Path(tmp), "survey", archive, survey, windows, args.window_stride_ms)
+        res: dict[str, Any] = {
+            "paths": [len(survey), len(later), len(scored)],
+            "survey_rows": len(upload.rows()),
+            "scored": len(fps),
+        }
+        for variant in args.variants:
+            v0 = time.perf_counter()
+            if variant == "labels":
+                res[variant] = label_quality(args.model, upload, later, plan, floor, fps, args.seed, args.params)
+            elif variant in ("control", "oracle"):
+                truth = None
+                if variant == "oracle":
+                    truth = survey_file(Path(tmp), "oracle", archive, later, windows, args.window_stride_ms)
+                res[variant] = control(args.model, upload, fps, args.seed, truth)
+            else:
+                sid, base = new_site(client, f"{site}-{floor}-{variant}", upload, plan, floor, args.model)
+                n = replay(client, sid, later, session=variant != "single", prefix=f"{floor}-{variant}-")
+                params = {
+                    "sessions": {},
+                    # a model with its own test for single queries (itoloc's co-training) uses it ("auto")
+                    "single": {} if cls.supports_cotrain else {"single_query_labels": "self"},
+                    "harmful": {"label_noise_m": args.harmful_noise_m},
+                }[variant]
+                params = {**params, **args.params}
+                upd = update(client, sid, params)
+                upd["params"], upd["replayed"] = params, n
+                score_versions(client, sid, base, upd, fps)
+                res[variant] = upd
+            res[variant]["seconds"] = round(time.perf_counter() - v0, 1)
+            print(f"{site}/{floor} {variant}: {_line(res[variant])}", file=sys.stderr, flush=True)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     return res
 
@@ -336,6 +462,8 @@ POOLED = (
     ("single", "after"),
     ("harmful", "after"),
     ("oracle", "after"),
+    ("labels", "after"),
+    ("labels", "true_positions"),
 )
 
 
@@ -364,8 +492,9 @@ def render(result: dict[str, Any]) -> str:
     lines = [
         "| site / floor | paths survey / sessions / scored | scored scans | before (m) | after: sessions | guard "
         "| served | survey-only control | single-query labels only | harmful (noisy labels) | harmful: guard "
-        "| oracle labels (ceiling) | pseudo-labels | vanished APs | held-out walks' score before / after (m) |",
-        "|---|---|--:|--:|--:|---|--:|--:|--:|--:|---|--:|--:|--:|---|",
+        "| oracle labels (ceiling) | pseudo-labels | vanished APs | held-out walks' score before / after (m) "
+        "| in-process: after / label error mean, median (m) | in-process: same scans at true positions |",
+        "|---|---|--:|--:|--:|---|--:|--:|--:|--:|---|--:|--:|--:|---|---|--:|",
     ]
 
     def m(r: dict[str, Any] | None, key: str = "after") -> str:
@@ -377,12 +506,15 @@ def render(result: dict[str, Any]) -> str:
         for floor, r in v["floors"].items():
             s, h = r.get("sessions", {}), r.get("harmful", {})
             tb, ta = s.get("traffic_before") or {}, s.get("traffic_after") or {}
+            lab = r.get("labels") or {}
+            le = lab.get("label_error_m") or {}
+            lab_cell = f"{m(lab)} / {le['mean']:.1f}, {le['median']:.1f}" if le else m(lab)
             lines.append(
                 f"| {site} {floor} | {' / '.join(map(str, r['paths']))} | {r['scored']} "
                 f"| {s.get('before', {}).get('mean_m', '-')} | {m(s)} | {s.get('status', '-')} | {m(s, 'served')} "
                 f"| {m(r.get('control'))} | {m(r.get('single'))} | {m(h)} | {h.get('status', '-')} "
                 f"| {m(r.get('oracle'))} | {s.get('n_pseudo_labels', '-')} | {s.get('n_vanished_aps', '-')} "
-                f"| {tb.get('mean_m', '-')} / {ta.get('mean_m', '-')} |"
+                f"| {tb.get('mean_m', '-')} / {ta.get('mean_m', '-')} | {lab_cell} | {m(lab, 'true_positions')} |"
             )
         p = v.get("pooled", {})
         cells = []
@@ -393,13 +525,15 @@ def render(result: dict[str, Any]) -> str:
             "single_after",
             "harmful_after",
             "oracle_after",
+            "labels_after",
+            "labels_true_positions",
         ):
             x = p.get(key)
             cells.append(f"{x['mean_m']:.2f} ({x['change']})" if x else "-")
         b = p.get("sessions_before") or {}
         lines.append(
             f"| **{site} pooled** | | {b.get('n', '-')} | {b.get('mean_m', '-')} | {cells[0]} | | {cells[1]} "
-            f"| {cells[2]} | {cells[3]} | {cells[4]} | | {cells[5]} | | | |"
+            f"| {cells[2]} | {cells[3]} | {cells[4]} | | {cells[5]} | | | | {cells[6]} | {cells[7]} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -410,6 +544,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--params", type=json.loads, default={}, help="extra update params for every API variant (JSON)")
     p.add_argument("--harmful-noise-m", type=float, default=40.0)
+    p.add_argument(
+        "--window-stride-ms",
+        type=int,
+        default=500,
+        help="a sensor-window model's survey: one window every this many ms (the upload's window_stride_ms; 500 is "
+        "the service's default)",
+    )
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     bad = set(args.variants) - set(VARIANTS)

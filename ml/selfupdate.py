@@ -62,6 +62,9 @@ class UpdateConfig:
     min_walk_queries: int = 5  # shorter walks teach nothing the single queries do not
     guard_fraction: float = 0.25  # newest walks held out to judge the update on recent traffic
     max_guard_walks: int = 50
+    # the recent-traffic score decides only over at least this many held-out scans like the survey's: a mean over a
+    # handful (ILC site2 F3: 3-4 scans of one walk) is noise, and the survey holdout alone decides there
+    guard_min_scans: int = 20
     single_query_labels: str = "auto"  # auto: the model's own test (itoloc co-training), else none | off | self
     self_label_max_error_m: float = 4.0  # "self": a model's answers with at most this error estimate
     churn: bool = True
@@ -106,8 +109,8 @@ class UpdateConfig:
             raise InvalidParams("smoother must be one of blend, rts, lsq")
         if cfg.particles < 10 or cfg.particles > 5000:
             raise InvalidParams("particles must be in [10, 5000]")
-        if cfg.min_walk_queries < 1 or cfg.max_guard_walks < 1 or not 1 <= cfg.rounds <= 5:
-            raise InvalidParams("min_walk_queries and max_guard_walks must be >= 1, rounds in [1, 5]")
+        if cfg.min_walk_queries < 1 or cfg.max_guard_walks < 1 or cfg.guard_min_scans < 1 or not 1 <= cfg.rounds <= 5:
+            raise InvalidParams("min_walk_queries, max_guard_walks and guard_min_scans must be >= 1, rounds in [1, 5]")
         if cfg.anchor_s < 0 or cfg.outside_sigma_m < 0 or not 0 < cfg.coverage_quantile <= 1:
             raise InvalidParams("anchor_s and outside_sigma_m must be >= 0, coverage_quantile in (0, 1]")
         if cfg.churn_radius_m <= 0 or cfg.churn_min_expected <= 0:
@@ -374,13 +377,22 @@ def traffic_scores(
 
 
 def traffic_guard(
-    before: dict[str, Any] | None, after: dict[str, Any] | None, tolerance: float, floor_tolerance: float = 0.02
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    tolerance: float,
+    floor_tolerance: float = 0.02,
+    min_scans: int = 1,
 ) -> tuple[bool, str]:
     """Promote only if the candidate's answers to recent walks are not farther from their tracks than the active
     model's beyond the tolerance (mean distance at most (1 + tolerance) x, floor agreement down by at most
-    `floor_tolerance`)."""
+    `floor_tolerance`). Scores over fewer than `min_scans` held-out scans do not decide."""
     if before is None or after is None or before.get("mean_m") is None or after.get("mean_m") is None:
         return True, "no held-out recent walk scan like the survey's to judge on"
+    if min(before["n"], after["n"]) < min_scans:
+        return True, (
+            f"recent traffic not judged: only {min(before['n'], after['n'])} held-out scans like the survey's "
+            f"(guard_min_scans = {min_scans}; {after['mean_m']:.2f} m vs {before['mean_m']:.2f} m)"
+        )
     if after["mean_m"] > before["mean_m"] * (1 + tolerance):
         return False, (
             f"rejected: on recent traffic ({before['walks']} held-out walks) the answers fall {after['mean_m']:.2f} m "

@@ -294,6 +294,7 @@ def _update(ctx: JobContext, job: Job, progress: ProgressReporter) -> dict[str, 
         traffic_after,
         (ctx.settings.cotrain_tolerance, ctx.settings.cotrain_traffic_tolerance),
         guard,
+        cfg.guard_min_scans,
     )
     weights, config = dumps(cand.served)
     training = {
@@ -470,8 +471,10 @@ def _judge(
     traffic_after: dict[str, Any] | None,
     tol: tuple[float, float],
     guard: bool,
+    min_scans: int,
 ) -> tuple[bool, str]:
-    """(promote, reason): the survey holdout within tol[0], the held-out walks' score within tol[1]."""
+    """(promote, reason): the survey holdout within tol[0], the held-out walks' score (over at least `min_scans`
+    scans) within tol[1]."""
     if not guard:
         return True, "promoted without the guard (guard disabled for this job)"
     if before is None or after is None:
@@ -479,7 +482,7 @@ def _judge(
     ok, reason = holdout_guard(before, after, tol[0])
     if not ok:
         return False, reason
-    ok_t, reason_t = traffic_guard(traffic_before, traffic_after, tol[1], tol[0])
+    ok_t, reason_t = traffic_guard(traffic_before, traffic_after, tol[1], tol[0], min_scans)
     if not ok_t:
         return False, reason_t
     return True, f"{reason}; {reason_t}"

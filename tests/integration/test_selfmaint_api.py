@@ -92,6 +92,7 @@ def test_a_wknn_site_learns_from_its_sessions(api: Api, world: sw.World) -> None
     assert res["n_sessions_learned"] == 12 and res["n_sessions_guard"] == 4 and res["n_pseudo_labels"] > 50
     assert res["traffic_before"]["walks"] == 4 and res["traffic_after"]["mean_m"] is not None
     assert "recent traffic" in res["reason"] and "holdout" in res["reason"]
+    assert res["traffic_before"]["n"] >= 20 and "not judged" not in res["reason"]  # the score decided
     versions = {v["version"]: v for v in api.get(f"/sites/{site}/models", headers=ADMIN).json()}
     new = versions[job["model_version"]]
     assert new["source"] == "cotrain" and new["parent_version"] == 1 and new["status"] == "active"
