@@ -50,6 +50,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -387,7 +388,16 @@ def label_quality(
     return out
 
 
-def run_floor(client: Client, data_dir: Path, site: str, floor: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_floor(
+    client: Client,
+    data_dir: Path,
+    site: str,
+    floor: str,
+    args: argparse.Namespace,
+    saved: Callable[[dict[str, Any]], None] = lambda res: None,
+) -> dict[str, Any]:
+    """Every variant of one floor; `saved(res)` after each, with what the floor has so far (a long run keeps what
+    it measured if it is stopped)."""
     t0 = time.perf_counter()
     archive = data_dir / "ilc2020" / site / f"{floor}.tar.xz"
     traces, plan = read_floor(archive, floor)
@@ -427,6 +437,7 @@ def run_floor(client: Client, data_dir: Path, site: str, floor: str, args: argpa
                 res[variant] = upd
             res[variant]["seconds"] = round(time.perf_counter() - v0, 1)
             print(f"{site}/{floor} {variant}: {_line(res[variant])}", file=sys.stderr, flush=True)
+            saved(res)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     return res
 
@@ -570,23 +581,34 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.perf_counter()
     result.update(model=args.model, sites={})
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / (f"selfmaint_{args.model}" + (f"_{args.tag}" if args.tag else "") + ".json")
+
+    def write(partial: bool) -> None:
+        result["partial"] = partial  # true while the run goes on (and if it was stopped): not every variant ran
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        out.write_text(json.dumps(strip(result), indent=2, default=float))
+
     server = Server(workers=1)
     try:
         with Client(server.base, server.admin_key, timeout=600) as client:
             for site in args.sites.split(","):
-                fl = {
-                    f: run_floor(client, data_dir, site, f, args) for f in ilc_floor_names(data_dir, site, args.floors)
-                }
+                fl: dict[str, Any] = {}
+                result["sites"][site] = {"floors": fl}
+                for f in ilc_floor_names(data_dir, site, args.floors):
+
+                    def saved(res: dict[str, Any], f: str = f, fl: dict[str, Any] = fl) -> None:
+                        fl[f] = res
+                        write(True)
+
+                    fl[f] = run_floor(client, data_dir, site, f, args, saved)
                 pool = site_pooled(fl)
-                result["sites"][site] = {"floors": fl, "pooled": pool}
+                result["sites"][site]["pooled"] = pool
                 print(f"{site} pooled: {json.dumps(pool)}", file=sys.stderr, flush=True)
     finally:
         server.stop()
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"selfmaint_{args.model}" + (f"_{args.tag}" if args.tag else "")
-    (args.out / f"{name}.json").write_text(json.dumps(strip(result), indent=2, default=float))
-    print(f"wrote {args.out / (name + '.json')} in {result['seconds']} s", file=sys.stderr)
+    write(False)
+    print(f"wrote {out} in {result['seconds']} s", file=sys.stderr)
     return 0
 
 
