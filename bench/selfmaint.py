@@ -50,7 +50,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -79,7 +79,7 @@ from ml.selfupdate import (
     vanished_aps,
 )
 from ml.tracking.floorplan import Walkable
-from ml.types import Fingerprint, WifiReading
+from ml.types import Fingerprint, SensorData, WifiReading
 
 VARIANTS = ("sessions", "single", "harmful", "control", "oracle", "labels")
 
@@ -118,20 +118,26 @@ def survey_rows(traces: list[IlcTrace]) -> list[dict[str, Any]]:
     ]
 
 
+def path_seconds(tr: IlcTrace, *, sensors: bool = True) -> Iterator[tuple[float, int | None, SensorData | None]]:
+    """Each second of a path from its first waypoint (ms): the index of the scan that arrived in that second (None
+    when none did) and the last second's motion (`window`; None when `sensors` is false or there is none)."""
+    for t in np.arange(tr.span[0] + STEP_MS, tr.span[1] + 1, STEP_MS, dtype=np.float64).tolist():
+        s = int(np.searchsorted(tr.scan_times, t, side="right")) - 1
+        new = s >= 0 and tr.scan_times[s] > t - STEP_MS
+        yield t, s if new else None, window(tr, t) if sensors else None
+
+
 def session_queries(tr: IlcTrace, site_id: str, *, session: bool, prefix: str = "") -> list[dict[str, Any]]:
     """One query per second over the path (as the tracking benchmark): sensors + the newest new scan; the session id
     is `prefix` + the path id (the update's filter is seeded from it, so a run is repeatable).
     `session=False`: only the seconds with a new scan, as single queries (no session, no sensors)."""
-    lo, hi = tr.span
     out: list[dict[str, Any]] = []
-    for t in np.arange(lo + STEP_MS, hi + 1, STEP_MS, dtype=np.float64).tolist():
-        s = int(np.searchsorted(tr.scan_times, t, side="right")) - 1
-        new = s >= 0 and tr.scan_times[s] > t - STEP_MS
+    for t, s, sensors in path_seconds(tr, sensors=session):
+        new = s is not None
         q: dict[str, Any] = {"site_id": site_id, "device": tr.device or "phone"}
-        if new:
+        if s is not None:
             q["wifi"] = _wifi_json(tr.scans[s], t - float(tr.scan_times[s]))
         if session:
-            sensors = window(tr, t)
             if not new and (sensors is None or not out):
                 continue  # nothing to send, or motion before the session's first scan
             q.update(session_id=f"{prefix}{tr.trace_id}", timestamp=int(t))
@@ -332,14 +338,13 @@ def walk_queries(tr: IlcTrace, floor: str) -> list[Fingerprint]:
     """The queries `session_queries` sends for a path, as the update reads them back (wifi, sensors, timestamp),
     each carrying its true position in `extra["truth"]` (kept through `pseudo_labels`)."""
     out: list[Fingerprint] = []
-    for t in np.arange(tr.span[0] + STEP_MS, tr.span[1] + 1, STEP_MS, dtype=np.float64).tolist():
-        s = int(np.searchsorted(tr.scan_times, t, side="right")) - 1
-        new = s >= 0 and tr.scan_times[s] > t - STEP_MS
-        sensors = window(tr, t)
-        if not new and (sensors is None or not out):
+    for t, s, sensors in path_seconds(tr):
+        if s is None and (sensors is None or not out):
             continue
         x, y = (float(v[0]) for v in tr.position(np.array([t])))
-        wifi = [replace(r, age_ms=int((r.age_ms or 0) + t - tr.scan_times[s])) for r in tr.scans[s]] if new else []
+        wifi = (
+            [] if s is None else [replace(r, age_ms=int((r.age_ms or 0) + t - tr.scan_times[s])) for r in tr.scans[s]]
+        )
         out.append(
             Fingerprint(wifi, x, y, floor, device=tr.device, timestamp=int(t), sensors=sensors, extra={"truth": (x, y)})
         )
