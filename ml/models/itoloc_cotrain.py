@@ -97,6 +97,12 @@ def select_reliable(
     return chosen, counts
 
 
+def _none_chosen() -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, list[int]]]:
+    """`select_reliable` of an empty pool."""
+    empty = np.zeros(0, dtype=np.int64)
+    return [(empty, empty)] * 3, {"agree": [0] * 3, "confident": [0] * 3, "stable": [0] * 3}
+
+
 def cotrain_update(
     model: Any,
     labeled: FingerprintSet,
@@ -121,9 +127,9 @@ def cotrain_update(
     sigma, exhausted_rounds = cfg.sigma, 0
     rounds: list[dict[str, Any]] = []
     for t in range(cfg.max_rounds):
+        # Without single queries the rounds still run on the labelled rows: they hold the pseudo-labels from
+        # tracking sessions beside the survey, which the update must learn from (every round is then "exhausted").
         n_pool = min(cfg.pool_start * 2**t, len(unl_rss))
-        if n_pool == 0:
-            break
         pool = unl_rss[order[:n_pool]]
         smearing = False
         if n_pool == len(unl_rss):
@@ -131,7 +137,7 @@ def cotrain_update(
             smearing = exhausted_rounds % cfg.smear_every == 0
             if smearing:
                 sigma = max(cfg.sigma_min, sigma - cfg.sigma_os)
-        chosen, counts = select_reliable(model, pool, cfg, sigma)
+        chosen, counts = select_reliable(model, pool, cfg, sigma) if n_pool else _none_chosen()
         sets = []
         for j, (idx, label) in enumerate(chosen):
             base = rng.choice(len(lab_rss), size=min(cfg.labeled_per_round, len(lab_rss)), replace=False)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 
 from ml.cotrain import CotrainConfig
+from ml.data.features import FingerprintSet
 from ml.evaluate import metrics
 from ml.models.base import QueryBatch
 from ml.models.itoloc import ITOLOC
@@ -57,6 +60,24 @@ def test_smearing_rounds_lower_sigma_after_the_pool_is_exhausted(setting: tuple)
     smeared = [r["round"] for r in summary["rounds"] if r["smeared"]]
     assert smeared and all(summary["rounds"][i]["pool"] == 192 for i in smeared)
     assert summary["final_sigma"] == pytest.approx(0.7 - 0.1 * len(smeared))
+
+
+def test_without_single_queries_the_rounds_learn_from_the_labelled_rows(setting: tuple) -> None:
+    """An update with no single query to co-train on (only tracking sessions: their pseudo-labels are labelled rows
+    beside the survey) still runs its rounds on the labelled rows, and learns the new phone from them."""
+    model, train, queries, unseen = setting
+    labelled = FingerprintSet(
+        aps=list(train.aps),
+        **{
+            f.name: np.concatenate([getattr(train, f.name), getattr(queries, f.name)])
+            for f in fields(train)
+            if f.name not in ("aps", "sensors")
+        },
+    )  # the later phone's scans at their positions, as pseudo-labels from its walks would be
+    update = ITOLOC.from_state(model.arrays(), model.config())
+    summary = cotrain_update(update, labelled, queries.subset(np.zeros(0, dtype=np.int64)), {"max_rounds": 5}, seed=0)
+    assert [r["pool"] for r in summary["rounds"]] == [0] * 5 and sum(summary["accepted_total"]) == 0
+    assert _mean(update, unseen) < _mean(model, unseen)
 
 
 def test_update_is_deterministic(setting: tuple) -> None:
