@@ -62,9 +62,10 @@ class UpdateConfig:
     min_walk_queries: int = 5  # shorter walks teach nothing the single queries do not
     guard_fraction: float = 0.25  # newest walks held out to judge the update on recent traffic
     max_guard_walks: int = 50
-    # the recent-traffic score decides only over at least this many held-out scans like the survey's: a mean over a
-    # handful (ILC site2 F3: 3-4 scans of one walk) is noise, and the survey holdout alone decides there
-    guard_min_scans: int = 20
+    # the recent-traffic score decides only over at least this many held-out scans like the survey's (below, the
+    # survey holdout alone decides). 1, the default, lets a handful decide: noisy, but on ILC site2 F2 a 7-scan score
+    # was all that caught a harmful mtloc update (+13.7% on the later walks), which 20 promoted (cotrain.md)
+    guard_min_scans: int = 1
     single_query_labels: str = "auto"  # auto: the model's own test (itoloc co-training), else none | off | self
     self_label_max_error_m: float = 4.0  # "self": a model's answers with at most this error estimate
     churn: bool = True

@@ -106,14 +106,15 @@ def test_traffic_score_rejects_noisy_labels_and_keeps_good_ones(corridor: dict, 
 
 def test_traffic_score_over_too_few_scans_does_not_decide() -> None:
     """A recent-traffic score over fewer than guard_min_scans held-out scans is reported but does not reject: the
-    survey holdout alone decides (a mean over three scans of one walk is noise)."""
+    survey holdout alone decides (a mean over three scans of one walk is noise; the default, 1, lets any decide)."""
     before = {"n": 19, "walks": 1, "mean_m": 2.0, "floor_hit": 1.0}
     after = {"n": 19, "walks": 1, "mean_m": 4.0, "floor_hit": 0.5}
     ok, reason = traffic_guard(before, after, 0.15, 0.02, min_scans=20)
     assert ok and "not judged" in reason and "19 held-out scans" in reason
     ok, reason = traffic_guard({**before, "n": 20}, {**after, "n": 20}, 0.15, 0.02, min_scans=20)
     assert not ok and "4.00 m" in reason
-    assert UpdateConfig().guard_min_scans == 20
+    assert traffic_guard(before, after, 0.15, 0.02)[0] is False  # by default any number of scans decides
+    assert UpdateConfig().guard_min_scans == 1
     with pytest.raises(InvalidParams, match="guard_min_scans"):
         UpdateConfig.split_params({"guard_min_scans": 0})
 
