@@ -52,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
 
@@ -59,13 +60,14 @@ import numpy as np
 
 from app.client import Client
 from app.client import Invalid as ClientInvalid
+from app.services.uploads import DEFAULT_WINDOW_STRIDE_MS
 from bench.core import ilc_floor_names, ilc_run_start, ilc_session_parser
 from bench.serve import Server
 from bench.tracking import RATE_HZ, STEP_MS, read_floor, window
 from ml.data.features import build_set
 from ml.data.ilc2020 import IlcTrace, read_ilc_windows, trace_fingerprints
 from ml.data.jsonl import read_jsonl
-from ml.finetune import finetune, fit_model
+from ml.finetune import Finetuned, finetune, fit_model
 from ml.models import get_model_class
 from ml.models.base import LocModel, QueryBatch
 from ml.selfupdate import (
@@ -191,7 +193,8 @@ def new_site(
     client: Client, name: str, survey: SurveyFile, plan: dict[str, Any], floor: str, model: str
 ) -> tuple[str, int]:
     site = client.create_site(name).id
-    client.upload_survey_file(site, survey.path, fmt=survey.fmt, window_stride_ms=survey.window_stride_ms)
+    stride = survey.window_stride_ms if survey.fmt == "ilc2020" else None
+    client.upload_survey_file(site, survey.path, fmt=survey.fmt, window_stride_ms=stride)
     client.put_plan(site, floor, plan)
     job = client.job_wait(client.finetune(site, {"model": model}), timeout=3600)
     if job.state != "succeeded":
@@ -206,13 +209,14 @@ class SurveyFile:
 
     path: Path
     fmt: str
-    window_stride_ms: int | None = None
+    window_stride_ms: int = DEFAULT_WINDOW_STRIDE_MS  # ilc2020 only
 
+    @cached_property
     def rows(self) -> list[Fingerprint]:
-        """What the service trains on from this file, read in-process (the control and the oracle)."""
+        """What the service trains on from this file, read in-process once (the control, the oracle, `labels`)."""
         if self.fmt == "jsonl":
             return list(read_jsonl(self.path))
-        return list(read_ilc_windows(self.path, stride_ms=self.window_stride_ms or 500))
+        return list(read_ilc_windows(self.path, stride_ms=self.window_stride_ms))
 
 
 def survey_file(
@@ -317,13 +321,16 @@ def control(
 ) -> dict[str, Any]:
     """Survey-only control in-process: the service's finetune pipeline (holdout 0.2, seed), then the update's
     candidate with no pseudo-labels (`labelled`: the oracle, those paths' rows with their true positions)."""
-    rows = survey.rows()
-    truth = labelled.rows() if labelled is not None else []
-    fs = build_set(rows)
-    cls = get_model_class(model)
-    done = finetune(fs, fit_model(cls, {}, seed=seed), holdout_fraction=0.2, seed=seed)
+    rows = survey.rows
+    truth = labelled.rows if labelled is not None else []
+    done = _finetune(model, rows, seed)
     cand = build_candidate(done.model, rows, done.holdout.hold, truth, [], {}, seed=seed)
     return {"before": _score_model(done.model, fps), "after": _score_model(cand.served, fps)}
+
+
+def _finetune(model: str, rows: list[Fingerprint], seed: int) -> Finetuned:
+    """The service's finetune pipeline in-process (default settings, holdout 0.2, `seed`)."""
+    return finetune(build_set(rows), fit_model(get_model_class(model), {}, seed=seed), holdout_fraction=0.2, seed=seed)
 
 
 def _score_model(m: LocModel, fps: list[Fingerprint]) -> dict[str, Any]:
@@ -362,8 +369,8 @@ def label_quality(
     params: dict[str, Any],
 ) -> dict[str, Any]:
     """The `labels` variant (module docstring)."""
-    rows = survey.rows()
-    done = finetune(build_set(rows), fit_model(get_model_class(model), {}, seed=seed), holdout_fraction=0.2, seed=seed)
+    rows = survey.rows
+    done = _finetune(model, rows, seed)
     hold = done.holdout.hold
     cfg, rest = UpdateConfig.split_params(params)
     learn, _ = split_walks([Walk(f"{floor}-sessions-{tr.trace_id}", walk_queries(tr, floor)) for tr in later], cfg)
@@ -414,7 +421,7 @@ def run_floor(
         upload = survey_file(Path(tmp), "survey", archive, survey, windows, args.window_stride_ms)
         res: dict[str, Any] = {
             "paths": [len(survey), len(later), len(scored)],
-            "survey_rows": len(upload.rows()),
+            "survey_rows": len(upload.rows),
             "scored": len(fps),
         }
         for variant in args.variants:
@@ -563,9 +570,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--window-stride-ms",
         type=int,
-        default=500,
-        help="a sensor-window model's survey: one window every this many ms (the upload's window_stride_ms; 500 is "
-        "the service's default)",
+        default=DEFAULT_WINDOW_STRIDE_MS,
+        help="a sensor-window model's survey: one window every this many ms (the upload's window_stride_ms; default: "
+        "the service's)",
     )
     args = p.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
